@@ -1,0 +1,1288 @@
+"""Face generation with DCGANs: data, models, losses, training, evaluation and plots.
+
+The notebook ``face_generation.ipynb`` walks through these pieces one by one; this
+module keeps the reusable code so the notebook can stay short.  It is also a
+command-line program for headless runs::
+
+    python helpers.py train --preset small32 --epochs 5 --out runs/small32
+    python helpers.py train --dry-run                  # a few steps, for CI
+    python helpers.py train --out runs/small32 --resume
+
+Sections follow the pipeline: configuration, data, models, losses, training,
+visualization, command line.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+from tqdm.auto import tqdm
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+# ============================================================================
+# Configuration
+# ============================================================================
+
+
+@dataclass
+class Config:
+    """Everything a run needs, as plain values.
+
+    A preset (see ``PRESETS``) is a named set of values for these fields.  The
+    configuration is saved in every checkpoint, and ``load_checkpoint`` rebuilds
+    exactly the same models from it.
+    """
+
+    preset: str = "small32"
+    # --- models
+    arch: str = "fc"  # "fc": linear stem + transposed convs (32px); "dcgan": all-conv 64px DCGAN
+    image_size: int = 32
+    z_size: int = 100
+    g_dim: int = 32  # generator width: conv_dim (fc) or ngf (dcgan)
+    d_dim: int = 32  # discriminator width: conv_dim (fc) or ndf (dcgan)
+    n_layers: int = 3  # stride-2 layers of the fc models (3 or 4 at 32px)
+    g_activation: str = "relu"  # relu | leaky
+    d_norm: str = "batch"  # batch | layer | spectral | none
+    d_dropout: float = 0.0
+    # --- losses and tricks
+    loss: str = "bce"  # bce | hinge | wgan-gp
+    real_label: tuple = (1.0, 1.0)  # D's target for real images, drawn from U(lo, hi)
+    instance_noise: float = 0.0  # std of noise on D's inputs at step 0, decays linearly to 0
+    gp_weight: float = 10.0  # lambda of the WGAN-GP gradient penalty
+    n_critic: int = 1  # D steps per G step
+    # --- optimisation
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    d_optimizer: str = "adam"  # adam | sgd
+    lr_schedule: str = "constant"  # constant | linear | cosine
+    ema_decay: float = 0.0  # EMA of G's weights; 0 disables, 0.999 is typical
+    batch_size: int = 64
+    epochs: int = 5
+    max_steps: int = 0  # stop after this many steps; 0 = run all epochs
+    # --- data
+    data: str = "celeba"  # "celeba" (processed set, fetched on demand), a folder, or a .zip
+    crop: int = 0  # centre crop in pixels before resizing (160 for aligned CelebA); 0 = none
+    subset: int = 0  # use only the first N images; 0 = all
+    recursive: bool = False  # also read images in sub-folders
+    fast_data: bool = True  # uint8 memory-mapped cache instead of PIL per image
+    # --- run
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | mps
+    log_every: int = 10  # steps between history records
+    sample_every: int = 0  # steps between fixed-latent grids; 0 = once per epoch
+    n_samples: int = 64  # size of the fixed latent batch shown in grids
+    amp: bool = True  # bf16 autocast where it is safe and fast (CUDA only)
+    channels_last: bool = True  # NHWC memory layout on CUDA
+    compile: bool = False  # torch.compile the models
+
+    def validate(self) -> "Config":
+        """Raise ``ValueError`` naming the bad field and the fix; return self."""
+
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"Config.{name}={getattr(self, name)!r}: {why}")
+
+        choices = {
+            "arch": ("fc", "dcgan"),
+            "g_activation": ("relu", "leaky"),
+            "d_norm": ("batch", "layer", "spectral", "none"),
+            "loss": ("bce", "hinge", "wgan-gp"),
+            "d_optimizer": ("adam", "sgd"),
+            "lr_schedule": ("constant", "linear", "cosine"),
+            "device": ("auto", "cpu", "cuda", "mps"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                bad(name, f"choose one of {', '.join(allowed)}")
+        if self.arch == "dcgan" and self.image_size != 64:
+            bad("image_size", "the dcgan architecture makes 64x64 images; set image_size=64 or arch='fc'")
+        if self.arch == "fc":
+            if self.n_layers < 1 or self.image_size % (2**self.n_layers):
+                bad("n_layers", f"image_size {self.image_size} must be divisible by 2**n_layers")
+        for name in ("z_size", "g_dim", "d_dim", "batch_size", "n_critic", "n_samples", "log_every"):
+            if getattr(self, name) < 1:
+                bad(name, "must be a positive integer")
+        for name in ("epochs", "max_steps", "subset", "crop", "sample_every"):
+            if getattr(self, name) < 0:
+                bad(name, "must be 0 or positive")
+        if self.epochs == 0 and self.max_steps == 0:
+            bad("epochs", "set epochs or max_steps above 0")
+        for name in ("lr_g", "lr_d"):
+            if not getattr(self, name) > 0:
+                bad(name, "learning rates must be positive")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            bad("beta1", "Adam betas must lie in [0, 1)")
+        if not 0 <= self.ema_decay < 1:
+            bad("ema_decay", "use 0 to disable, or a value like 0.999")
+        if not 0 <= self.d_dropout < 1:
+            bad("d_dropout", "dropout probability must lie in [0, 1)")
+        lo, hi = self.real_label
+        if not (0 < lo <= hi):
+            bad("real_label", "give (low, high) with 0 < low <= high, e.g. (0.9, 0.9) or (0.7, 1.2)")
+        if self.loss == "wgan-gp" and self.d_norm == "batch":
+            bad("d_norm", "the gradient penalty is per sample, so a WGAN-GP critic must not use "
+                "BatchNorm; use 'layer' or 'none'")
+        if self.instance_noise < 0 or self.gp_weight < 0:
+            bad("instance_noise", "noise and penalty weights must be >= 0")
+        return self
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes).validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown configuration fields {sorted(unknown)}; known fields: {sorted(known)}")
+        values = dict(values)
+        if "real_label" in values:
+            values["real_label"] = tuple(float(v) for v in values["real_label"])
+        return cls(**values).validate()
+
+
+#: Each preset reproduces one known recipe; the notebook's table says where each comes from.
+PRESETS: dict[str, dict] = {
+    # 32x32, 3 stride-2 convs, conv_dim 32, no smoothing, Adam 0.002 (0.5, 0.99).
+    "small32": dict(arch="fc", image_size=32, z_size=100, g_dim=32, d_dim=32, n_layers=3,
+                    lr_g=0.002, lr_d=0.002, beta1=0.5, beta2=0.99, real_label=(1.0, 1.0), batch_size=64),
+    # 32x32, 4 stride-2 convs, conv_dim 64, real labels 0.9, Adam 2e-4 (0.5, 0.999).
+    "classic32": dict(arch="fc", image_size=32, z_size=100, g_dim=64, d_dim=64, n_layers=4,
+                      lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, real_label=(0.9, 0.9), batch_size=64),
+    # Radford et al. 2016 at 64x64 with a [B,128,1,1] latent.
+    "dcgan64": dict(arch="dcgan", image_size=64, z_size=128, g_dim=64, d_dim=64,
+                    lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, real_label=(0.9, 0.9), batch_size=64),
+    # The "GAN hacks" variant: dropout in D, LeakyReLU in G, noisy labels, instance noise.
+    "improved64": dict(arch="dcgan", image_size=64, z_size=100, g_dim=64, d_dim=64, g_activation="leaky",
+                       d_dropout=0.3, real_label=(0.7, 1.2), instance_noise=0.1,
+                       lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, batch_size=64),
+    # Gulrajani et al. 2017: critic without BatchNorm (layer norm), gradient penalty 10, 5 critic steps.
+    "wgangp64": dict(arch="dcgan", image_size=64, z_size=128, g_dim=64, d_dim=64, d_norm="layer",
+                     loss="wgan-gp", gp_weight=10.0, n_critic=5, lr_g=1e-4, lr_d=1e-4,
+                     beta1=0.0, beta2=0.9, batch_size=64),
+    # Miyato et al. 2018 / SAGAN: hinge loss, spectral norm in D, TTUR learning rates.
+    "hinge_sn64": dict(arch="dcgan", image_size=64, z_size=128, g_dim=64, d_dim=64, d_norm="spectral",
+                       loss="hinge", lr_g=1e-4, lr_d=4e-4, beta1=0.0, beta2=0.9, batch_size=64),
+}
+
+
+def make_config(preset: str = "small32", **overrides) -> Config:
+    """The configuration of a named preset, with any fields overridden."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"unknown configuration fields {sorted(unknown)}; known fields: {sorted(known)}")
+    values = {**PRESETS[preset], **overrides, "preset": preset}
+    if "real_label" in values:
+        values["real_label"] = tuple(float(v) for v in values["real_label"])
+    return Config(**values).validate()
+
+
+def in_ci() -> bool:
+    """True when running under CI (the ``CI`` environment variable is set and not 0/false)."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+# ============================================================================
+# Data
+# ============================================================================
+
+CELEBA_URL = ("https://s3.amazonaws.com/video.udacity-data.com/topher/2018/November/"
+              "5be7eb6f_processed-celeba-small/processed-celeba-small.zip")
+CELEBA_BYTES = 247_694_507
+#: Names a local copy of processed-celeba-small.zip; used instead of downloading.
+DATA_ENV = "CELEBA_ZIP"
+DATA_DIR = PROJECT_ROOT / "processed_celeba_small"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class DataError(RuntimeError):
+    """The data set is missing, incomplete or unreadable; the message says how to fix it."""
+
+
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Image files in ``folder`` (sorted), skipping non-images such as ``.DS_Store``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} does not exist")
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in folder.glob(pattern)
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
+
+
+def download(url: str, dest: str | Path, expected_bytes: int | None = None) -> Path:
+    """Download ``url`` to ``dest`` with a progress bar.
+
+    Bytes go to ``dest.part`` first and are renamed only once complete, so an
+    interrupted download never looks like a finished one.
+    """
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0) or expected_bytes
+            with open(part, "wb") as f, tqdm(total=total, unit="B", unit_scale=True,
+                                             desc=f"downloading {dest.name}") as bar:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        got = part.stat().st_size
+        if total and got != total:
+            raise DataError(f"download of {url} is truncated: got {got:,} of {total:,} bytes. "
+                            "Run again to retry, or download the file yourself and set "
+                            f"{DATA_ENV} to its path.")
+        os.replace(part, dest)
+        return dest
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
+def extract_zip(zip_path: str | Path, dest: str | Path) -> Path:
+    """Extract ``zip_path`` so that its top folder becomes ``dest``, atomically.
+
+    Members are written to a temporary folder beside ``dest`` and renamed into
+    place only when all are out, so a crash never leaves a partial data set
+    that looks complete.
+    """
+    zip_path, dest = Path(zip_path), Path(dest)
+    if not zip_path.is_file():
+        raise DataError(f"archive {zip_path} does not exist")
+    if not zipfile.is_zipfile(zip_path):
+        raise DataError(f"{zip_path} is not a zip archive (truncated or wrong file). "
+                        "Download it again, or point to a good copy.")
+    if dest.exists() and any(dest.iterdir()):
+        raise DataError(f"{dest} exists but holds no images; delete it and run again")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            broken = zf.testzip()
+            if broken is not None:
+                raise DataError(f"{zip_path} is corrupt (bad CRC in {broken}). Download it again.")
+            zf.extractall(tmp)
+        tops = [p for p in tmp.iterdir() if p.name != "__MACOSX"]
+        # Archives usually hold one top folder named like dest: move that one.
+        src = tops[0] if len(tops) == 1 and tops[0].is_dir() else tmp
+        if dest.exists():
+            dest.rmdir()
+        os.replace(src, dest)
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{zip_path} is corrupt ({e}). Download it again.") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def ensure_celeba(source: str | Path | None = None, data_dir: str | Path = DATA_DIR,
+                  url: str = CELEBA_URL, expected_bytes: int | None = CELEBA_BYTES) -> Path:
+    """Make sure the processed CelebA faces are present; return the image folder.
+
+    Uses ``data_dir/celeba`` when it already holds images.  Otherwise it gets
+    ``processed-celeba-small.zip`` from, in order: ``source`` (a zip path or a
+    URL), the ``CELEBA_ZIP`` environment variable, or the official download,
+    and extracts it atomically.
+    """
+    data_dir = Path(data_dir)
+    image_dir = data_dir / "celeba"
+    if image_dir.is_dir() and list_images(image_dir):
+        return image_dir
+    source = source or os.environ.get(DATA_ENV) or url
+    source = str(source)
+    if source.startswith(("http://", "https://")):
+        archive = data_dir.parent / "processed-celeba-small.zip"
+        if not archive.is_file():
+            print(f"Downloading the processed CelebA faces from {source}")
+            download(source, archive, expected_bytes if source == url else None)
+        try:
+            extract_zip(archive, data_dir)
+        except DataError:
+            archive.unlink(missing_ok=True)  # a bad download must not be reused next time
+            raise
+        archive.unlink(missing_ok=True)
+    else:
+        if not Path(source).is_file():
+            raise DataError(f"{source} does not exist. Set {DATA_ENV} to the path of "
+                            "processed-celeba-small.zip, or unset it to download the data.")
+        extract_zip(source, data_dir)
+    if not (image_dir.is_dir() and list_images(image_dir)):
+        raise DataError(f"the archive did not contain celeba/*.jpg; {data_dir} holds "
+                        f"{sorted(p.name for p in data_dir.iterdir())}")
+    return image_dir
+
+
+def resolve_image_dir(data: str | Path = "celeba", recursive: bool = False) -> Path:
+    """Turn ``Config.data`` into a folder of images.
+
+    ``"celeba"`` is the processed set (fetched by ``ensure_celeba``); a folder is
+    used as it is (its ``celeba/`` child if it has one); a ``.zip`` is extracted
+    beside itself once.
+    """
+    if str(data) == "celeba":
+        return ensure_celeba()
+    path = Path(data)
+    if path.suffix == ".zip":
+        target = PROJECT_ROOT / path.stem.replace("-", "_")
+        if not (target.is_dir() and (list_images(target, True))):
+            extract_zip(path, target)
+        path = target
+    if not path.is_dir():
+        raise DataError(f"data {data!r} is neither 'celeba', a folder, nor a .zip archive")
+    if (path / "celeba").is_dir():
+        path = path / "celeba"
+    if not list_images(path, recursive):
+        sub = [p.name for p in path.iterdir() if p.is_dir()]
+        raise DataError(f"no images in {path}" + (f"; its sub-folders {sub} may hold them: "
+                                                  "pass recursive=True or point at one" if sub else ""))
+    return path
+
+
+def image_transform(image_size: int, crop: int = 0, flip: bool = True) -> transforms.Compose:
+    """PIL image -> tensor in [-1, 1] of shape (3, image_size, image_size).
+
+    With ``crop`` (e.g. 160 for aligned 178x218 CelebA) the face is centre-cropped
+    first, then resized; otherwise the image is resized and centre-cropped.
+    """
+    steps = [transforms.CenterCrop(crop), transforms.Resize(image_size)] if crop else \
+            [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
+    if flip:
+        steps.append(transforms.RandomHorizontalFlip())
+    # ToTensor gives [0, 1]; Normalize(0.5, 0.5) maps that to [-1, 1], the range of G's tanh.
+    steps += [transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
+    return transforms.Compose(steps)
+
+
+def read_image(path: Path):
+    """Open an image as RGB, or raise ``DataError`` naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as e:  # PIL raises several types for bad files
+        raise DataError(f"cannot read image {path}: {e}. Delete or replace this file "
+                        "(or re-extract the data set).") from e
+
+
+class FaceImages(Dataset):
+    """A folder of face images (no class sub-folders needed, unlike ImageFolder)."""
+
+    def __init__(self, folder: str | Path, transform=None, recursive: bool = False, subset: int = 0):
+        self.folder = Path(folder)
+        self.files = list_images(self.folder, recursive)
+        if subset:
+            self.files = self.files[:subset]
+        if not self.files:
+            raise DataError(f"no images found in {self.folder}")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        img = read_image(self.files[i])
+        return self.transform(img) if self.transform else img
+
+
+def get_dataloader(batch_size: int, image_size: int, data_dir: str | Path = "celeba",
+                   crop: int = 0, subset: int = 0, recursive: bool = False,
+                   num_workers: int = 0, shuffle: bool = True, seed: int | None = None) -> DataLoader:
+    """A shuffling, batching ``DataLoader`` of face tensors in [-1, 1].
+
+    Each image is resized and centre-cropped to ``image_size`` and flipped left-right
+    with probability 0.5 (a free way to double the data).  ``data_dir`` may be
+    ``"celeba"`` (the processed set, fetched on demand) or any folder of images.
+    """
+    folder = resolve_image_dir(data_dir, recursive)
+    dataset = FaceImages(folder, image_transform(image_size, crop), recursive, subset)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=True,
+                      num_workers=num_workers, generator=generator,
+                      persistent_workers=num_workers > 0)
+
+
+def scale(x: torch.Tensor, feature_range: tuple[float, float] = (-1, 1)) -> torch.Tensor:
+    """Map a tensor from [0, 1] to ``feature_range`` (by default the tanh range [-1, 1])."""
+    lo, hi = feature_range
+    return x * (hi - lo) + lo
+
+
+# --- The fast path: decode every JPEG once into a uint8 memory-mapped array.
+
+CACHE_DIR = Path(os.environ.get("FACEGAN_CACHE", PROJECT_ROOT / ".cache"))
+CACHE_VERSION = 1
+
+
+def cache_key(files: Sequence[Path], image_size: int, crop: int) -> str:
+    """A hash of the file list (names, sizes, times) and the preprocessing.
+
+    Any change to the source (an added, removed or rewritten image) changes the
+    key, so a stale cache is never used.
+    """
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{image_size}|{crop}|{len(files)}".encode())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def build_image_cache(files: Sequence[Path], image_size: int, crop: int = 0,
+                      cache_dir: str | Path | None = None, num_workers: int | None = None) -> np.ndarray:
+    """Return a read-only memmap of shape (N, H, W, 3), uint8, of the preprocessed images.
+
+    The array is built once (decoding with the same PIL resize and crop as the
+    classic transform, so the pixels are identical) and reused while the
+    source files are unchanged.  It is memory-mapped, so even the 202,599-image
+    CelebA costs no RAM beyond the pages in use.
+    """
+    cache_dir = Path(cache_dir or CACHE_DIR)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"faces-{image_size}px-c{crop}-{cache_key(files, image_size, crop)}.npy"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        geometry = image_transform(image_size, crop, flip=False).transforms[:2]
+        decode = _UInt8Images(files, transforms.Compose(geometry))
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                        shape=(len(files), image_size, image_size, 3))
+        workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+        loader = DataLoader(decode, batch_size=256, num_workers=workers)
+        i = 0
+        for batch in tqdm(loader, desc=f"caching {len(files):,} images at {image_size}px", leave=False):
+            out[i:i + len(batch)] = batch.numpy()
+            i += len(batch)
+        out.flush()
+        del out
+        os.replace(tmp, path)  # atomic: a half-written cache is never picked up
+    return np.load(path, mmap_mode="r")
+
+
+class _UInt8Images(Dataset):
+    def __init__(self, files: Sequence[Path], geometry):
+        self.files, self.geometry = list(files), geometry
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.geometry(read_image(self.files[i])), dtype=np.uint8).copy())
+
+
+def uint8_to_model_range(x: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [-1, 1], with exactly ToTensor + Normalize(0.5, 0.5)'s arithmetic."""
+    return x.permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
+
+
+class CachedBatches:
+    """Batches from the uint8 cache: indexing, flips and scaling are tensor ops.
+
+    The shuffling order and the flips of an epoch come from ``(seed, epoch)``,
+    so a run resumed in the middle of an epoch sees the very same batches.
+    """
+
+    def __init__(self, images: np.ndarray, batch_size: int, device: torch.device | str = "cpu",
+                 seed: int = 0, flip: bool = True, channels_last: bool = False):
+        self.images, self.batch_size, self.device = images, batch_size, torch.device(device)
+        self.seed, self.flip, self.channels_last = seed, flip, channels_last
+        if len(images) < batch_size:
+            raise DataError(f"{len(images)} images are fewer than one batch of {batch_size}; "
+                            "lower batch_size or add images")
+
+    def __len__(self) -> int:
+        return len(self.images) // self.batch_size
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.images), generator=g)
+        flips = torch.rand(len(self.images), generator=g) < 0.5
+        pin = self.device.type == "cuda"
+        for b in range(start, len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            batch = torch.from_numpy(self.images[idx.numpy()])
+            if pin:
+                batch = batch.pin_memory()
+            x = uint8_to_model_range(batch.to(self.device, non_blocking=True))
+            if self.flip:
+                mask = flips[idx].to(self.device, non_blocking=True).view(-1, 1, 1, 1)
+                x = torch.where(mask, x.flip(3), x)
+            yield x.contiguous(memory_format=torch.channels_last if self.channels_last
+                               else torch.contiguous_format)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self.epoch(0)
+
+
+class LoaderBatches:
+    """The classic path (PIL transforms through a DataLoader) behind the same interface."""
+
+    def __init__(self, loader: DataLoader, device: torch.device | str = "cpu", seed: int = 0):
+        self.loader, self.device, self.seed = loader, torch.device(device), seed
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        if self.loader.generator is not None:
+            self.loader.generator.manual_seed(self.seed * 100_003 + epoch)
+        for b, x in enumerate(self.loader):
+            if b >= start:
+                yield x.to(self.device, non_blocking=True)
+
+
+def training_batches(cfg: Config, device: torch.device | str = "cpu") -> CachedBatches | LoaderBatches:
+    """The batches a run trains on, by the fast cached path or the classic loader."""
+    folder = resolve_image_dir(cfg.data, cfg.recursive)
+    if not cfg.fast_data:
+        return LoaderBatches(get_dataloader(cfg.batch_size, cfg.image_size, folder, cfg.crop, cfg.subset,
+                                            cfg.recursive, seed=cfg.seed), device, cfg.seed)
+    files = list_images(folder, cfg.recursive)
+    if cfg.subset:
+        files = files[:cfg.subset]
+    images = build_image_cache(files, cfg.image_size, cfg.crop)
+    return CachedBatches(images, cfg.batch_size, device, cfg.seed,
+                         channels_last=cfg.channels_last and torch.device(device).type == "cuda")
+
+
+# ============================================================================
+# Models
+# ============================================================================
+#
+# DCGAN (Radford, Metz & Chintala, 2016) made GANs train reliably with a few
+# architectural rules: strided convolutions instead of pooling (D learns its own
+# down-sampling), transposed convolutions in G, BatchNorm in both nets (except
+# D's input and G's output layers), LeakyReLU(0.2) in D, ReLU in G and tanh on
+# G's output, so that images live in [-1, 1].
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":
+        # Layer norm over (C, H, W) per sample: what WGAN-GP recommends instead of BatchNorm.
+        return nn.GroupNorm(1, channels)
+    return nn.Identity()
+
+
+def _spectral(module: nn.Module) -> nn.Module:
+    """Spectral normalisation (Miyato et al. 2018): divide W by its largest singular value,
+    estimated by one power iteration per step, so each layer is 1-Lipschitz."""
+    return nn.utils.parametrizations.spectral_norm(module)
+
+
+class Discriminator(nn.Module):
+    """The classic 32x32 discriminator: stride-2 convolutions, then one linear layer.
+
+    ``n_layers`` convolutions with 4x4 kernels and stride 2 halve the image each
+    time while the channels double (conv_dim, 2*conv_dim, ...).  BatchNorm follows
+    every convolution but the first; a linear layer turns the final feature map
+    into one logit per image (no sigmoid: the loss applies it).
+    """
+
+    def __init__(self, conv_dim: int = 32, n_layers: int = 3, image_size: int = 32,
+                 norm: str = "batch", dropout: float = 0.0):
+        super().__init__()
+        self.conv_dim, self.n_layers = conv_dim, n_layers
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for i in range(n_layers):
+            out_ch = conv_dim * 2**i
+            use_norm = i > 0 and norm in ("batch", "layer")
+            conv = nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=not use_norm)  # BN has its own bias
+            layers += [_spectral(conv) if norm == "spectral" else conv]
+            if use_norm:
+                layers.append(_norm(norm, out_ch))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        side = image_size // 2**n_layers
+        fc = nn.Linear(in_ch * side * side, 1)
+        self.fc = _spectral(fc) if norm == "spectral" else fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).flatten(1))
+
+
+class Generator(nn.Module):
+    """The classic 32x32 generator: a linear "project and reshape" stem, then transposed convs.
+
+    z (N, z_size) is mapped by a linear layer to a small, deep feature map
+    (e.g. 128x4x4 = 2048 values), which ``n_layers`` stride-2 transposed
+    convolutions double in size and halve in depth until it is a 3-channel
+    image; tanh squashes it into [-1, 1].
+    """
+
+    def __init__(self, z_size: int = 100, conv_dim: int = 32, n_layers: int = 3,
+                 image_size: int = 32, activation: str = "relu"):
+        super().__init__()
+        self.z_size, self.conv_dim, self.n_layers = z_size, conv_dim, n_layers
+        self.top = conv_dim * 2**(n_layers - 1)
+        self.side = image_size // 2**n_layers
+        self.fc = nn.Linear(z_size, self.top * self.side * self.side)
+        act = (lambda: nn.LeakyReLU(0.2, inplace=True)) if activation == "leaky" else (lambda: nn.ReLU(True))
+        layers: list[nn.Module] = [nn.BatchNorm2d(self.top), act()]
+        ch = self.top
+        for i in range(n_layers - 1):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), act()]
+            ch //= 2
+        layers += [nn.ConvTranspose2d(ch, 3, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.fc(z.flatten(1)).view(-1, self.top, self.side, self.side)
+        return self.net(x)
+
+
+class DCGANDiscriminator(nn.Module):
+    """The five-layer 64x64 DCGAN discriminator (all convolutional).
+
+    64 -> 32 -> 16 -> 8 -> 4 with 4x4 stride-2 convolutions (ndf, 2ndf, 4ndf,
+    8ndf channels), then a 4x4 convolution without padding reduces the 4x4 map
+    to one logit.  ``norm`` picks BatchNorm (DCGAN), layer norm (a WGAN-GP
+    critic) or spectral norm (hinge GAN); ``dropout`` is the "improved" recipe's.
+    """
+
+    def __init__(self, ndf: int = 64, norm: str = "batch", dropout: float = 0.0):
+        super().__init__()
+        self.ndf = ndf
+        wrap = _spectral if norm == "spectral" else (lambda m: m)
+        chans = [3, ndf, ndf * 2, ndf * 4, ndf * 8]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            use_norm = i > 0 and norm in ("batch", "layer")
+            layers.append(wrap(nn.Conv2d(chans[i], chans[i + 1], 4, 2, 1, bias=not use_norm)))
+            if use_norm:
+                layers.append(_norm(norm, chans[i + 1]))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+        layers.append(wrap(nn.Conv2d(ndf * 8, 1, 4, 1, 0)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten(1)
+
+
+class DCGANGenerator(nn.Module):
+    """The five-layer 64x64 DCGAN generator, from a latent of shape (N, z, 1, 1).
+
+    A 4x4 transposed convolution without padding turns the 1x1 latent into a
+    4x4 map with 8ngf channels; four stride-2 transposed convolutions take it
+    to 8, 16, 32 and 64 pixels, the last one with 3 channels and tanh.
+    """
+
+    def __init__(self, z_size: int = 128, ngf: int = 64, activation: str = "relu"):
+        super().__init__()
+        self.z_size, self.ngf = z_size, ngf
+        act = (lambda: nn.LeakyReLU(0.2, inplace=True)) if activation == "leaky" else (lambda: nn.ReLU(True))
+        chans = [z_size, ngf * 8, ngf * 4, ngf * 2, ngf]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            stride, pad = (1, 0) if i == 0 else (2, 1)
+            layers += [nn.ConvTranspose2d(chans[i], chans[i + 1], 4, stride, pad, bias=False),
+                       nn.BatchNorm2d(chans[i + 1]), act()]
+        layers += [nn.ConvTranspose2d(ngf, 3, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z.view(z.size(0), self.z_size, 1, 1))
+
+
+def weights_init_normal(m: nn.Module) -> None:
+    """DCGAN initialisation: conv and linear weights ~ N(0, 0.02), biases 0; BatchNorm scale ~ N(1, 0.02).
+
+    Use as ``model.apply(weights_init_normal)``.  With spectral norm the raw
+    weight lives in ``parametrizations.weight.original``, and that is what we set.
+    """
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        weight = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+        nn.init.normal_(weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+def build_models(cfg: Config) -> tuple[nn.Module, nn.Module]:
+    """(D, G) for a configuration, initialised with ``weights_init_normal``."""
+    if cfg.arch == "fc":
+        D = Discriminator(cfg.d_dim, cfg.n_layers, cfg.image_size, cfg.d_norm, cfg.d_dropout)
+        G = Generator(cfg.z_size, cfg.g_dim, cfg.n_layers, cfg.image_size, cfg.g_activation)
+    else:
+        D = DCGANDiscriminator(cfg.d_dim, cfg.d_norm, cfg.d_dropout)
+        G = DCGANGenerator(cfg.z_size, cfg.g_dim, cfg.g_activation)
+    D.apply(weights_init_normal)
+    G.apply(weights_init_normal)
+    return D, G
+
+
+def sample_latent(n: int, cfg: Config, device: torch.device | str = "cpu",
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """z ~ N(0, I): shape (n, z) for the fc models, (n, z, 1, 1) for the 64x64 DCGANs."""
+    shape = (n, cfg.z_size) if cfg.arch == "fc" else (n, cfg.z_size, 1, 1)
+    return torch.randn(shape, device=device, generator=generator)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ============================================================================
+# Losses
+# ============================================================================
+#
+# D outputs raw logits.  BCEWithLogitsLoss fuses the sigmoid with the log, which
+# is numerically stable where sigmoid-then-BCELoss underflows.
+
+
+def real_loss(D_out: torch.Tensor, smooth: bool | float | tuple = False) -> torch.Tensor:
+    """BCE towards "real":  -mean( y log s(D) + (1 - y) log(1 - s(D)) ).
+
+    ``smooth`` sets the target y: ``False`` -> 1, ``True`` -> 0.9 (one-sided label
+    smoothing, Salimans et al. 2016: it stops D from becoming over-confident), a
+    float -> that value, a pair (lo, hi) -> y ~ U(lo, hi) per sample (noisy labels).
+    """
+    if isinstance(smooth, (tuple, list)):
+        lo, hi = smooth
+        labels = torch.rand_like(D_out) * (hi - lo) + lo
+    else:
+        target = 0.9 if smooth is True else 1.0 if smooth is False else float(smooth)
+        labels = torch.full_like(D_out, target)
+    return F.binary_cross_entropy_with_logits(D_out, labels)
+
+
+def fake_loss(D_out: torch.Tensor) -> torch.Tensor:
+    """BCE towards "fake":  -mean( log(1 - s(D)) )."""
+    return F.binary_cross_entropy_with_logits(D_out, torch.zeros_like(D_out))
+
+
+def hinge_d_loss(real_out: torch.Tensor, fake_out: torch.Tensor) -> torch.Tensor:
+    """Hinge loss for D:  mean(max(0, 1 - D(x))) + mean(max(0, 1 + D(G(z)))).
+
+    D stops being pushed once real scores exceed +1 and fake ones fall below -1.
+    """
+    return F.relu(1 - real_out).mean() + F.relu(1 + fake_out).mean()
+
+
+def hinge_g_loss(fake_out: torch.Tensor) -> torch.Tensor:
+    """Hinge loss for G:  -mean(D(G(z)))."""
+    return -fake_out.mean()
+
+
+def wasserstein_d_loss(real_out: torch.Tensor, fake_out: torch.Tensor) -> torch.Tensor:
+    """Critic loss:  mean(D(G(z))) - mean(D(x)), the negated estimate of the Wasserstein-1
+    distance (valid when D is 1-Lipschitz, which the gradient penalty encourages)."""
+    return fake_out.mean() - real_out.mean()
+
+
+def wasserstein_g_loss(fake_out: torch.Tensor) -> torch.Tensor:
+    """Generator loss of WGAN:  -mean(D(G(z)))."""
+    return -fake_out.mean()
+
+
+def gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                     eps: torch.Tensor | None = None) -> torch.Tensor:
+    """WGAN-GP penalty (Gulrajani et al. 2017):  mean( (||grad_x D(x_hat)||_2 - 1)^2 ).
+
+    x_hat = eps * x + (1 - eps) * G(z), eps ~ U(0, 1) per sample: points on
+    straight lines between real and fake images, where the optimal critic has
+    gradients of norm 1.
+    """
+    if eps is None:
+        eps = torch.rand(real.size(0), 1, 1, 1, device=real.device, dtype=real.dtype)
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    out = D(x_hat)
+    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+# ============================================================================
+# Training
+# ============================================================================
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """cuda if present, else Apple's mps, else cpu (or the named device)."""
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizers(D: nn.Module, G: nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """Adam for both nets (beta1 = 0.5 as in DCGAN: less momentum keeps the game stable),
+    or SGD for D when ``cfg.d_optimizer == "sgd"`` (one of the "GAN hacks")."""
+    if cfg.d_optimizer == "sgd":
+        d_opt = torch.optim.SGD(D.parameters(), lr=cfg.lr_d, momentum=0.9)
+    else:
+        d_opt = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    g_opt = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+    return d_opt, g_opt
+
+
+def lr_factor(kind: str, step: int, total: int) -> float:
+    """Multiplier of the base learning rate: constant, linear decay to 0, or cosine to 0."""
+    t = min(step / max(total, 1), 1.0)
+    if kind == "linear":
+        return 1.0 - t
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    return 1.0
+
+
+@dataclass
+class TrainState:
+    """The models, their optimisers and the bookkeeping of one run."""
+
+    config: Config
+    D: nn.Module
+    G: nn.Module
+    d_opt: torch.optim.Optimizer
+    g_opt: torch.optim.Optimizer
+    device: torch.device
+    total_steps: int
+    steps_per_epoch: int
+    fixed_z: torch.Tensor
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    history: dict = field(default_factory=lambda: {k: [] for k in
+                                                   ("step", "epoch", "d_loss", "g_loss", "d_real", "d_fake")})
+    samples: list = field(default_factory=list)  # (step, uint8 grid images) at each sample point
+    images_per_second: float = 0.0  # measured by the last call to train()
+
+    @property
+    def sampler(self) -> nn.Module:
+        """The generator to show and evaluate: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else self.G
+
+
+def make_state(cfg: Config, steps_per_epoch: int, device: torch.device | str | None = None) -> TrainState:
+    """Build models, optimisers, EMA and the fixed latent batch for a run."""
+    device = torch.device(device) if device is not None else pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    D, G = build_models(cfg)
+    D, G = D.to(device), G.to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        D, G = D.to(memory_format=torch.channels_last), G.to(memory_format=torch.channels_last)
+    d_opt, g_opt = make_optimizers(D, G, cfg)
+    ema = None
+    if cfg.ema_decay:
+        # A running average of G's weights gives smoother, usually better samples
+        # (Yazici et al. 2019); BatchNorm statistics are averaged as well.
+        ema = torch.optim.swa_utils.AveragedModel(
+            G, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    total = steps_per_epoch * cfg.epochs if cfg.epochs else cfg.max_steps
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    fixed_z = sample_latent(cfg.n_samples, cfg, generator=g).to(device)
+    return TrainState(cfg, D, G, d_opt, g_opt, device, total, steps_per_epoch, fixed_z, ema)
+
+
+def _autocast(state: TrainState):
+    # bf16 autocast on CUDA only: it keeps fp32's range (no loss scaling) and runs on tensor
+    # cores.  On CPU we stay in fp32 so results match the plain path exactly.
+    enabled = state.config.amp and state.device.type == "cuda"
+    return torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def train_step(state: TrainState, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One D update (and one G update every ``n_critic`` steps); returns detached metrics.
+
+    D step: score a real batch and a fake batch; the fakes are *detached*, so
+    D's loss does not push gradients into G.  G step: score the same fakes
+    again with the updated D and move G towards fooling it (the
+    non-saturating loss: G maximises log D(G(z)) rather than minimising
+    log(1 - D(G(z))), which has vanishing gradients early on).
+    """
+    cfg, D, G = state.config, state.D, state.G
+    D.train()
+    G.train()
+    n = real.size(0)
+    g_turn = (state.step + 1) % cfg.n_critic == 0
+    progress = state.step / max(state.total_steps, 1)
+    # Instance noise (Sonderby et al. 2017): blur the line between real and fake
+    # early on, so D cannot separate them perfectly; anneal it to zero.
+    sigma = cfg.instance_noise * max(0.0, 1.0 - progress)
+
+    def noisy(x: torch.Tensor) -> torch.Tensor:
+        return x + sigma * torch.randn_like(x) if sigma > 0 else x
+
+    z = sample_latent(n, cfg, state.device)
+    with torch.set_grad_enabled(g_turn), _autocast(state):
+        fake = G(z)
+
+    # ---- discriminator
+    state.d_opt.zero_grad(set_to_none=True)
+    with _autocast(state):
+        d_real = D(noisy(real))
+        d_fake = D(noisy(fake.detach()))
+        if cfg.loss == "bce":
+            smooth = cfg.real_label if cfg.real_label[0] != cfg.real_label[1] else cfg.real_label[0]
+            d_loss = real_loss(d_real.float(), smooth) + fake_loss(d_fake.float())
+        elif cfg.loss == "hinge":
+            d_loss = hinge_d_loss(d_real.float(), d_fake.float())
+        else:
+            d_loss = wasserstein_d_loss(d_real.float(), d_fake.float())
+    if cfg.loss == "wgan-gp":
+        d_loss = d_loss + cfg.gp_weight * gradient_penalty(D, real, fake.detach().float())
+    d_loss.backward()
+    state.d_opt.step()
+
+    # ---- generator
+    g_loss = torch.zeros((), device=state.device)
+    if g_turn:
+        state.g_opt.zero_grad(set_to_none=True)
+        with _autocast(state):
+            d_out = D(noisy(fake)).float()
+            g_loss = real_loss(d_out) if cfg.loss == "bce" else -d_out.mean()
+        g_loss.backward()
+        state.g_opt.step()
+        if state.ema is not None:
+            state.ema.update_parameters(G)
+
+    state.step += 1
+    for opt, base, total in ((state.d_opt, cfg.lr_d, state.total_steps),
+                             (state.g_opt, cfg.lr_g, state.total_steps)):
+        for group in opt.param_groups:
+            group["lr"] = base * lr_factor(cfg.lr_schedule, state.step, total)
+    # For BCE the D outputs are logits: report probabilities D(x), D(G(z)).
+    to_score = torch.sigmoid if cfg.loss == "bce" else (lambda t: t)
+    return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(),
+            "d_real": to_score(d_real.detach().float()).mean(), "d_fake": to_score(d_fake.detach().float()).mean()}
+
+
+@torch.no_grad()
+def generate(G: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """G(z) in eval mode (BatchNorm uses running statistics), as float in [-1, 1]."""
+    was_training = G.training
+    G.eval()
+    out = G(z).float()
+    G.train(was_training)
+    return out
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float NCHW -> uint8 NCHW on the CPU."""
+    return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def save_checkpoint(state: TrainState, path: str | Path) -> Path:
+    """Write everything needed to resume, atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = {
+        "config": state.config.to_dict(),
+        "D": state.D.state_dict(), "G": state.G.state_dict(),
+        "d_opt": state.d_opt.state_dict(), "g_opt": state.g_opt.state_dict(),
+        "ema": state.ema.state_dict() if state.ema is not None else None,
+        "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
+        "history": state.history, "samples": state.samples, "fixed_z": state.fixed_z.cpu(),
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "_orig_mod", model)  # the module inside torch.compile
+
+
+def load_checkpoint(path: str | Path, state: TrainState | None = None,
+                    device: torch.device | str | None = None) -> TrainState:
+    """Restore a run.  Without ``state``, models are rebuilt from the saved configuration."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; train first, or drop --resume")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = Config.from_dict(ckpt["config"])
+    if state is None:
+        state = make_state(cfg, steps_per_epoch=1, device=device)
+        state.total_steps = ckpt["step"]
+    _unwrap(state.D).load_state_dict(ckpt["D"])
+    _unwrap(state.G).load_state_dict(ckpt["G"])
+    state.d_opt.load_state_dict(ckpt["d_opt"])
+    state.g_opt.load_state_dict(ckpt["g_opt"])
+    if state.ema is not None and ckpt["ema"] is not None:
+        state.ema.load_state_dict(ckpt["ema"])
+    state.step, state.epoch, state.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+    state.history, state.samples = ckpt["history"], ckpt["samples"]
+    state.fixed_z = ckpt["fixed_z"].to(state.device)
+    rng = ckpt["rng"]
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return state
+
+
+def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
+          batches: CachedBatches | LoaderBatches | None = None, progress: bool = True) -> TrainState:
+    """Train a GAN; checkpoint, sample grids and loss plot go to ``out_dir`` after every epoch.
+
+    With ``resume=True`` and a checkpoint in ``out_dir``, training continues
+    exactly where it stopped (same step, history, optimiser moments, data order).
+    """
+    cfg.validate()
+    device = pick_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # pick the fastest conv algorithms for our fixed shapes
+    batches = batches or training_batches(cfg, device)
+    if len(batches) == 0:
+        raise DataError(f"not one batch of {cfg.batch_size} images; lower batch_size or add images")
+    state = make_state(cfg, len(batches), device)
+    out = Path(out_dir) if out_dir else None
+    ckpt_path = out / "checkpoint.pt" if out else None
+    if resume:
+        if ckpt_path is None or not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume given but there is no checkpoint at {ckpt_path}")
+        saved = Config.from_dict(torch.load(ckpt_path, map_location="cpu", weights_only=False)["config"])
+        arch_fields = ("arch", "image_size", "z_size", "g_dim", "d_dim", "n_layers", "d_norm", "g_activation")
+        clash = [f for f in arch_fields if getattr(saved, f) != getattr(cfg, f)]
+        if clash:
+            raise ValueError(f"cannot resume: the checkpoint's {clash} differ from this configuration; "
+                             f"use the same preset or another --out folder")
+        load_checkpoint(ckpt_path, state)
+        print(f"resumed from {ckpt_path} at step {state.step} (epoch {state.epoch})")
+    if cfg.compile:
+        state.D, state.G = torch.compile(state.D), torch.compile(state.G)
+
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    t0, seen = time.perf_counter(), 0
+    bar = tqdm(total=state.total_steps, initial=state.step, desc=cfg.preset, unit="step", disable=not progress)
+    while state.step < state.total_steps:
+        for real in batches.epoch(state.epoch, start=state.batch_in_epoch):
+            metrics = train_step(state, real)
+            state.batch_in_epoch += 1
+            seen += real.size(0)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0) + v
+            count += 1
+            if state.step % cfg.log_every == 0 or state.step == state.total_steps:
+                # .item() waits for the device, so history is gathered every log_every steps only.
+                record = {k: (v / count).item() for k, v in sums.items()}
+                for k, v in record.items():
+                    state.history[k].append(v)
+                state.history["step"].append(state.step)
+                state.history["epoch"].append(state.epoch)
+                sums, count = {}, 0
+                bar.set_postfix(d=f"{record['d_loss']:.3f}", g=f"{record['g_loss']:.3f}",
+                                Dx=f"{record['d_real']:.2f}", DGz=f"{record['d_fake']:.2f}",
+                                ips=f"{seen / (time.perf_counter() - t0):.0f}")
+            bar.update(1)
+            if cfg.sample_every and state.step % cfg.sample_every == 0:
+                state.samples.append((state.step, to_uint8(generate(state.sampler, state.fixed_z))))
+            if state.step >= state.total_steps:
+                break
+        else:  # the epoch ran to its end
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            if not cfg.sample_every:
+                state.samples.append((state.step, to_uint8(generate(state.sampler, state.fixed_z))))
+            if out:
+                save_run(state, out)
+    bar.close()
+    if out:
+        save_run(state, out)
+    state.images_per_second = seen / max(time.perf_counter() - t0, 1e-9)
+    return state
+
+
+def save_run(state: TrainState, out: Path) -> None:
+    """Checkpoint plus the pictures a human wants to look at."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(state, out / "checkpoint.pt")
+    if state.samples:
+        save_grid(state.samples[-1][1], out / "samples" / f"step_{state.samples[-1][0]:07d}.png")
+    if state.history["step"]:
+        fig = plot_losses(state.history)
+        fig.savefig(out / "losses.png", dpi=100, bbox_inches="tight")
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+
+
+def load_generator(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Config]:
+    """The generator of a checkpoint (its EMA copy when it has one), in eval mode."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = Config.from_dict(ckpt["config"])
+    _, G = build_models(cfg)
+    if ckpt.get("ema") is not None:
+        state = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    else:
+        state = ckpt["G"]
+    G.load_state_dict({k: v.float() for k, v in state.items()})
+    return G.to(device).eval(), cfg
+
+
+# ============================================================================
+# Visualization
+# ============================================================================
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8) -> np.ndarray:
+    """A batch (float in [-1, 1] or uint8) as one HxWx3 uint8 picture, via torchvision's make_grid."""
+    from torchvision.utils import make_grid
+
+    if images.dtype != torch.uint8:
+        images = to_uint8(images)
+    grid = make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=255)
+    return grid.permute(1, 2, 0).numpy()
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image_grid(images, nrow)).save(path)
+    return path
+
+
+def show_images(images: torch.Tensor, nrow: int = 8, title: str | None = None, size: float = 6.0):
+    """Show a batch of images as a grid; returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(image_grid(images, nrow))
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_losses(history: dict):
+    """Loss curves of D and G, and the mean scores D gives to real and fake images."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    steps = history["step"]
+    ax1.plot(steps, history["d_loss"], label="discriminator", alpha=0.8)
+    ax1.plot(steps, history["g_loss"], label="generator", alpha=0.8)
+    ax1.set(xlabel="step", ylabel="loss", title="Training losses")
+    ax1.legend()
+    ax2.plot(steps, history["d_real"], label="D(x), real")
+    ax2.plot(steps, history["d_fake"], label="D(G(z)), fake")
+    ax2.set(xlabel="step", ylabel="mean D output", title="What D thinks")
+    ax2.legend()
+    fig.tight_layout()
+    return fig
+
+
+def show_samples_over_training(samples: list, n_images: int = 8, max_rows: int = 8):
+    """One row of fixed-latent samples per sample point: the same faces, emerging over training."""
+    import matplotlib.pyplot as plt
+
+    if not samples:
+        raise ValueError("no samples recorded yet: train for at least one epoch (or set sample_every)")
+    picks = samples if len(samples) <= max_rows else \
+        [samples[round(i)] for i in np.linspace(0, len(samples) - 1, max_rows)]
+    rows = torch.cat([imgs[:n_images] for _, imgs in picks])
+    fig, ax = plt.subplots(figsize=(n_images * 1.1, len(picks) * 1.2))
+    ax.imshow(image_grid(rows, nrow=n_images))
+    side = picks[0][1].shape[-1] + 2
+    ax.set_yticks([side * (i + 0.5) for i in range(len(picks))], [f"step {s}" for s, _ in picks])
+    ax.set_xticks([])
+    ax.set_title("Fixed latent vectors over training")
+    return fig
+
+
+# ============================================================================
+# Command line
+# ============================================================================
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One --flag per Config field; unset flags keep the preset's value."""
+    for f in dataclasses.fields(Config):
+        if f.name == "preset":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"),
+                                default=None, metavar="BOOL")
+        elif f.type == "tuple":
+            parser.add_argument(flag, type=lambda s: tuple(float(v) for v in s.split(",")),
+                                default=None, metavar="LO,HI")
+        else:
+            parser.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), default=None)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+                 if f.name != "preset" and getattr(args, f.name, None) is not None}
+    if args.dry_run:
+        # A smoke test: a few steps on a small subset, so CI finishes in seconds.
+        overrides = {"max_steps": 5, "subset": 512, "batch_size": 16, "log_every": 1, **overrides}
+    return make_config(args.preset, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a GAN on faces")
+    p.add_argument("--preset", default="small32", choices=list(PRESETS))
+    p.add_argument("--out", default=None, help="run folder (default runs/PRESET)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--dry-run", action="store_true", help="a few steps on a small subset (smoke test)")
+    _add_config_arguments(p)
+
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        cfg = config_from_args(args)
+        out = Path(args.out or f"runs/{cfg.preset}{'-dry-run' if args.dry_run else ''}")
+        device = pick_device(cfg.device)
+        print(f"training {cfg.preset} on {device} -> {out}")
+        state = train(cfg, out, resume=args.resume)
+        h = state.history
+        print(f"done: step {state.step}, epoch {state.epoch}, {state.images_per_second:.0f} img/s, "
+              f"d_loss {h['d_loss'][-1]:.3f}, g_loss {h['g_loss'][-1]:.3f}, "
+              f"D(x) {h['d_real'][-1]:.2f}, D(G(z)) {h['d_fake'][-1]:.2f}; checkpoint {out / 'checkpoint.pt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
