@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import http.client
 import math
 import os
 import random
@@ -81,6 +82,7 @@ class Config:
     batch_size: int = 64
     epochs: int = 5
     max_steps: int = 0  # stop after this many steps; 0 = run all epochs
+    max_minutes: float = 0.0  # stop after this much training time (checkpointed); 0 = no limit
     # --- data
     data: str = "celeba"  # "celeba" (processed set, fetched on demand), a folder, or a .zip
     crop: int = 0  # centre crop in pixels before resizing (160 for aligned CelebA); 0 = none
@@ -123,7 +125,7 @@ class Config:
         for name in ("z_size", "g_dim", "d_dim", "batch_size", "n_critic", "n_samples", "log_every"):
             if getattr(self, name) < 1:
                 bad(name, "must be a positive integer")
-        for name in ("epochs", "max_steps", "subset", "crop", "sample_every"):
+        for name in ("epochs", "max_steps", "subset", "crop", "sample_every", "max_minutes"):
             if getattr(self, name) < 0:
                 bad(name, "must be 0 or positive")
         if self.epochs == 0 and self.max_steps == 0:
@@ -244,6 +246,8 @@ def download(url: str, dest: str | Path, expected_bytes: int | None = None) -> P
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fix = f"Run again to retry, or download the file yourself and set {DATA_ENV} to its path."
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or expected_bytes
@@ -254,14 +258,13 @@ def download(url: str, dest: str | Path, expected_bytes: int | None = None) -> P
                     bar.update(len(chunk))
         got = part.stat().st_size
         if total and got != total:
-            raise DataError(f"download of {url} is truncated: got {got:,} of {total:,} bytes. "
-                            "Run again to retry, or download the file yourself and set "
-                            f"{DATA_ENV} to its path.")
+            raise DataError(f"download of {url} is truncated: got {got:,} of {total:,} bytes. {fix}")
         os.replace(part, dest)
         return dest
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
+    except (http.client.IncompleteRead, ConnectionError, TimeoutError) as e:
+        raise DataError(f"download of {url} is truncated ({type(e).__name__}). {fix}") from e
+    finally:
+        part.unlink(missing_ok=True)  # only left when something went wrong
 
 
 def extract_zip(zip_path: str | Path, dest: str | Path) -> Path:
@@ -866,6 +869,30 @@ def lr_factor(kind: str, step: int, total: int) -> float:
     return 1.0
 
 
+def discriminator_step(D: nn.Module, G: nn.Module, d_optimizer: torch.optim.Optimizer,
+                       real_images: torch.Tensor, z: torch.Tensor, smooth: bool | float = False) -> torch.Tensor:
+    """The textbook D update: BCE on a real batch (target 1, or smoothed) plus a fake batch (target 0).
+
+    The fakes are detached: D's loss must only move D.
+    """
+    d_optimizer.zero_grad()
+    fake_images = G(z).detach()
+    d_loss = real_loss(D(real_images), smooth) + fake_loss(D(fake_images))
+    d_loss.backward()
+    d_optimizer.step()
+    return d_loss.detach()
+
+
+def generator_step(D: nn.Module, G: nn.Module, g_optimizer: torch.optim.Optimizer,
+                   z: torch.Tensor) -> torch.Tensor:
+    """The textbook G update: make D call G(z) real (non-saturating BCE with target 1)."""
+    g_optimizer.zero_grad()
+    g_loss = real_loss(D(G(z)))
+    g_loss.backward()
+    g_optimizer.step()
+    return g_loss.detach()
+
+
 @dataclass
 class TrainState:
     """The models, their optimisers and the bookkeeping of one run."""
@@ -1093,7 +1120,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
     count = 0
     t0, seen = time.perf_counter(), 0
     bar = tqdm(total=state.total_steps, initial=state.step, desc=cfg.preset, unit="step", disable=not progress)
-    while state.step < state.total_steps:
+    deadline = t0 + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
+    while state.step < state.total_steps and time.perf_counter() < deadline:
         for real in batches.epoch(state.epoch, start=state.batch_in_epoch):
             metrics = train_step(state, real)
             state.batch_in_epoch += 1
@@ -1115,16 +1143,18 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
             bar.update(1)
             if cfg.sample_every and state.step % cfg.sample_every == 0:
                 state.samples.append((state.step, to_uint8(generate(state.sampler, state.fixed_z))))
-            if state.step >= state.total_steps:
+            if state.batch_in_epoch == len(batches):  # the end of an epoch
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                if not cfg.sample_every:
+                    state.samples.append((state.step, to_uint8(generate(state.sampler, state.fixed_z))))
+                if out:
+                    save_run(state, out)
+            if state.step >= state.total_steps or time.perf_counter() >= deadline:
                 break
-        else:  # the epoch ran to its end
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            if not cfg.sample_every:
-                state.samples.append((state.step, to_uint8(generate(state.sampler, state.fixed_z))))
-            if out:
-                save_run(state, out)
     bar.close()
+    if not state.samples or state.samples[-1][0] != state.step:  # always end with a grid of the final G
+        state.samples.append((state.step, to_uint8(generate(state.sampler, state.fixed_z))))
     if out:
         save_run(state, out)
     state.images_per_second = seen / max(time.perf_counter() - t0, 1e-9)
@@ -1250,13 +1280,16 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), default=None)
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
+    """The preset (or ``base``, a resumed run's saved configuration) with the flags given applied."""
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
                  if f.name != "preset" and getattr(args, f.name, None) is not None}
     if args.dry_run:
         # A smoke test: a few steps on a small subset, so CI finishes in seconds.
         overrides = {"max_steps": 5, "subset": 512, "batch_size": 16, "log_every": 1, **overrides}
-    return make_config(args.preset, **overrides)
+    if base is not None and args.preset in (None, base.preset):
+        return base.replace(**overrides)
+    return make_config(args.preset or "small32", **overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1264,7 +1297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a GAN on faces")
-    p.add_argument("--preset", default="small32", choices=list(PRESETS))
+    p.add_argument("--preset", default=None, choices=list(PRESETS), help="recipe to train (default small32)")
     p.add_argument("--out", default=None, help="run folder (default runs/PRESET)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--dry-run", action="store_true", help="a few steps on a small subset (smoke test)")
@@ -1272,8 +1305,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "train":
-        cfg = config_from_args(args)
-        out = Path(args.out or f"runs/{cfg.preset}{'-dry-run' if args.dry_run else ''}")
+        out = Path(args.out or f"runs/{args.preset or 'small32'}{'-dry-run' if args.dry_run else ''}")
+        base = None
+        if args.resume and (out / "checkpoint.pt").is_file():
+            base = Config.from_dict(torch.load(out / "checkpoint.pt", map_location="cpu",
+                                               weights_only=False)["config"])
+        cfg = config_from_args(args, base)
         device = pick_device(cfg.device)
         print(f"training {cfg.preset} on {device} -> {out}")
         state = train(cfg, out, resume=args.resume)

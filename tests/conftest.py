@@ -1,0 +1,63 @@
+"""Shared fixtures: the real CelebA faces, and small synthetic image folders and archives."""
+from __future__ import annotations
+
+import io
+import sys
+import zipfile
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+matplotlib.use("Agg")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import helpers  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def celeba_dir() -> Path:
+    """The real processed CelebA folder (extracted from $CELEBA_ZIP or downloaded once)."""
+    return helpers.ensure_celeba()
+
+
+@pytest.fixture(scope="session")
+def celeba_batch(celeba_dir) -> torch.Tensor:
+    """16 real faces at 64x64, the same every time (no flips)."""
+    files = helpers.list_images(celeba_dir)[:16]
+    tf = helpers.image_transform(64, flip=False)
+    return torch.stack([tf(helpers.read_image(f)) for f in files])
+
+
+def jpeg_bytes(seed: int, size: tuple[int, int] = (40, 48)) -> bytes:
+    """A random RGB JPEG (synthetic: tests never copy data set images)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """A folder with 12 synthetic JPEGs, a .DS_Store and a sub-folder with 3 more."""
+    folder = tmp_path / "faces"
+    (folder / "more").mkdir(parents=True)
+    for i in range(12):
+        (folder / f"{i:03d}.jpg").write_bytes(jpeg_bytes(i))
+    for i in range(3):
+        (folder / "more" / f"m{i}.jpg").write_bytes(jpeg_bytes(100 + i))
+    (folder / ".DS_Store").write_bytes(b"\x00\x01junk")
+    return folder
+
+
+def make_celeba_zip(path: Path, n: int = 10) -> Path:
+    """A zip laid out like processed-celeba-small.zip, with n synthetic images."""
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("processed_celeba_small/.DS_Store", b"junk")
+        for i in range(n):
+            zf.writestr(f"processed_celeba_small/celeba/{i:06d}.jpg", jpeg_bytes(i))
+    return path

@@ -1,0 +1,136 @@
+"""Training: steps on real faces for every preset, single-batch overfitting, checkpoints, resume, CLI."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import helpers
+
+
+@pytest.fixture(scope="module")
+def real_batches(celeba_batch):
+    """16 real faces at 64x64 and (antialiased down-sampling) 32x32."""
+    return {64: celeba_batch, 32: F.interpolate(celeba_batch, size=32, mode="area")}
+
+
+def _state(preset: str, **overrides) -> helpers.TrainState:
+    cfg = helpers.make_config(preset, batch_size=16, **overrides)
+    return helpers.make_state(cfg, steps_per_epoch=100, device="cpu")
+
+
+@pytest.mark.parametrize("preset", list(helpers.PRESETS))
+def test_three_steps_on_real_faces_change_parameters(preset, real_batches):
+    state = _state(preset)
+    real = real_batches[state.config.image_size]
+    d0 = copy.deepcopy(state.D.state_dict())
+    g0 = copy.deepcopy(state.G.state_dict())
+    for _ in range(max(3, state.config.n_critic)):  # a WGAN critic takes n_critic steps per G step
+        metrics = helpers.train_step(state, real)
+        assert all(torch.isfinite(v) for v in metrics.values()), metrics
+    for before, model in ((d0, state.D), (g0, state.G)):
+        after = model.state_dict()
+        assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+        assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("preset", list(helpers.PRESETS))
+def test_discriminator_overfits_a_single_batch(preset, real_batches):
+    """D must learn to tell one fixed real batch from G's samples within 40 steps."""
+    torch.manual_seed(0)
+    state = _state(preset)
+    real = real_batches[state.config.image_size]
+    history = [helpers.train_step(state, real) for _ in range(40)]
+    first, last = history[0], history[-10:]
+    gap = sum((m["d_real"] - m["d_fake"]).item() for m in last) / len(last)
+    d_loss = sum(m["d_loss"].item() for m in last) / len(last)
+    # BCE reports probabilities (gap up to 1); hinge and Wasserstein critics report raw scores.
+    assert gap > (0.3 if state.config.loss == "bce" else 1.0), gap
+    assert d_loss < first["d_loss"].item(), (d_loss, first["d_loss"].item())
+
+
+def test_train_step_detaches_fakes_in_the_d_step(real_batches):
+    state = _state("small32", n_critic=2)  # the first step is a D-only step
+    helpers.train_step(state, real_batches[32])
+    assert all(p.grad is None for p in state.G.parameters())
+
+
+def test_textbook_steps_match_the_training_step(real_batches):
+    """train_step (plain BCE) computes the same D update as discriminator_step."""
+    real = real_batches[32]
+    a = _state("classic32")
+    b = copy.deepcopy(a)
+    torch.manual_seed(1)
+    helpers.train_step(a, real)
+    torch.manual_seed(1)
+    z = helpers.sample_latent(16, b.config)
+    helpers.discriminator_step(b.D, b.G, b.d_opt, real, z, smooth=0.9)
+    for p, q in zip(a.D.parameters(), b.D.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_lr_schedules_and_ema(real_batches):
+    state = _state("small32", lr_schedule="cosine", ema_decay=0.9)
+    state.total_steps = 4
+    for _ in range(2):
+        helpers.train_step(state, real_batches[32])
+    assert state.g_opt.param_groups[0]["lr"] == pytest.approx(0.002 * 0.5)  # cosine at half-way
+    ema_w = state.ema.module.fc.weight
+    assert not torch.equal(ema_w, state.G.fc.weight)  # the average lags behind G
+    assert helpers.lr_factor("linear", 3, 4) == pytest.approx(0.25)
+    assert helpers.lr_factor("constant", 3, 4) == 1.0
+
+
+def _tiny_config(**overrides):
+    return helpers.make_config("small32", batch_size=16, subset=128, epochs=2, log_every=1, **overrides)
+
+
+def test_checkpoint_resume_continues_exactly(celeba_dir, tmp_path):
+    full = helpers.train(_tiny_config(), tmp_path / "full", progress=False)
+    assert full.step == 16 and full.epoch == 2
+    part = helpers.train(_tiny_config(max_steps=5), tmp_path / "split", progress=False)
+    assert part.step == 5 and len(part.history["step"]) == 5
+    part.samples.pop()  # the grid made at the stop is not part of the uninterrupted run
+    helpers.save_checkpoint(part, tmp_path / "split" / "checkpoint.pt")
+    resumed = helpers.train(_tiny_config(), tmp_path / "split", resume=True, progress=False)
+    assert resumed.step == 16 and resumed.history["step"] == list(range(1, 17))
+    assert resumed.history["d_loss"] == pytest.approx(full.history["d_loss"], rel=1e-5)
+    for p, q in zip(resumed.G.parameters(), full.G.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+    assert [step for step, _ in resumed.samples] == [8, 16]  # one fixed-latent grid per epoch
+
+
+def test_checkpoint_rebuilds_models_from_its_configuration(celeba_dir, tmp_path):
+    cfg = helpers.make_config("dcgan64", batch_size=8, subset=16, max_steps=1, ema_decay=0.99)
+    state = helpers.train(cfg, tmp_path, progress=False)
+    G, loaded_cfg = helpers.load_generator(tmp_path / "checkpoint.pt")
+    assert loaded_cfg == cfg
+    z = state.fixed_z[:4]
+    assert torch.allclose(G(z), helpers.generate(state.sampler, z), atol=1e-5)
+    again = helpers.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert again.step == 1 and again.config == cfg
+
+
+def test_resume_refuses_another_architecture(celeba_dir, tmp_path):
+    helpers.train(_tiny_config(max_steps=1), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="cannot resume"):
+        helpers.train(helpers.make_config("classic32", subset=128, batch_size=16), tmp_path, resume=True,
+                      progress=False)
+
+
+def test_cli_dry_run_writes_a_run_and_resumes(celeba_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert helpers.main(["train", "--dry-run", "--out", str(out), "--seed", "3"]) == 0
+    assert (out / "checkpoint.pt").is_file() and (out / "losses.png").is_file()
+    assert list((out / "samples").glob("*.png"))
+    assert "img/s" in capsys.readouterr().out
+    helpers.main(["train", "--dry-run", "--out", str(out), "--resume", "--max-steps", "8"])
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 8 and ckpt["config"]["seed"] == 3 and ckpt["history"]["step"][-1] == 8
+
+
+def test_cli_rejects_bad_values(tmp_path):
+    with pytest.raises(ValueError, match="d_optimizer"):
+        helpers.main(["train", "--dry-run", "--out", str(tmp_path), "--d-optimizer", "rmsprop"])
