@@ -921,11 +921,12 @@ class TrainState:
         return self.ema.module if self.ema is not None else self.G
 
 
-def make_state(cfg: Config, steps_per_epoch: int, device: torch.device | str | None = None) -> TrainState:
-    """Build models, optimisers, EMA and the fixed latent batch for a run."""
+def make_state(cfg: Config, steps_per_epoch: int, device: torch.device | str | None = None,
+               models: tuple[nn.Module, nn.Module] | None = None) -> TrainState:
+    """Build models (unless ``models=(D, G)`` are given), optimisers, EMA and the fixed latents."""
     device = torch.device(device) if device is not None else pick_device(cfg.device)
     seed_everything(cfg.seed)
-    D, G = build_models(cfg)
+    D, G = models if models is not None else build_models(cfg)
     D, G = D.to(device), G.to(device)
     if device.type == "cuda" and cfg.channels_last:
         D, G = D.to(memory_format=torch.channels_last), G.to(memory_format=torch.channels_last)
@@ -1086,8 +1087,12 @@ def load_checkpoint(path: str | Path, state: TrainState | None = None,
 
 
 def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
-          batches: CachedBatches | LoaderBatches | None = None, progress: bool = True) -> TrainState:
+          batches: CachedBatches | LoaderBatches | None = None, progress: bool = True,
+          models: tuple[nn.Module, nn.Module] | None = None) -> TrainState:
     """Train a GAN; checkpoint, sample grids and loss plot go to ``out_dir`` after every epoch.
+
+    ``models=(D, G)`` trains your own networks (e.g. the notebook's) instead of
+    building them from the configuration.
 
     With ``resume=True`` and a checkpoint in ``out_dir``, training continues
     exactly where it stopped (same step, history, optimiser moments, data order).
@@ -1099,7 +1104,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
     batches = batches or training_batches(cfg, device)
     if len(batches) == 0:
         raise DataError(f"not one batch of {cfg.batch_size} images; lower batch_size or add images")
-    state = make_state(cfg, len(batches), device)
+    state = make_state(cfg, len(batches), device, models)
     out = Path(out_dir) if out_dir else None
     ckpt_path = out / "checkpoint.pt" if out else None
     if resume:
