@@ -95,6 +95,8 @@ class Config:
     log_every: int = 10  # steps between history records
     sample_every: int = 0  # steps between fixed-latent grids; 0 = once per epoch
     keep_generators: bool = False  # also save G (half precision) at every sample point, for FID curves
+    fid_every: int = 0  # steps between FID measurements during training; 0 = off
+    fid_samples: int = 256  # samples per FID measurement during training (small N: compare runs, not papers)
     n_samples: int = 64  # size of the fixed latent batch shown in grids
     amp: bool = True  # bf16 autocast where it is safe and fast (CUDA only)
     channels_last: bool = True  # NHWC memory layout on CUDA
@@ -452,7 +454,7 @@ def cache_key(files: Sequence[Path], image_size: int, crop: int) -> str:
     h = hashlib.sha1(f"v{CACHE_VERSION}|{image_size}|{crop}|{len(files)}".encode())
     for p in files:
         st = p.stat()
-        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{p.absolute()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -1123,6 +1125,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
         state.D, state.G = torch.compile(state.D), torch.compile(state.G)
 
     seconds_before = state.history["seconds"][-1] if state.history["seconds"] else 0.0
+    extractor = None  # the Inception network, loaded on the first FID measurement
     sums: dict[str, torch.Tensor] = {}
     count = 0
     t0, seen = time.perf_counter(), 0
@@ -1149,6 +1152,11 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
                                 Dx=f"{record['d_real']:.2f}", DGz=f"{record['d_fake']:.2f}",
                                 ips=f"{seen / (time.perf_counter() - t0):.0f}")
             bar.update(1)
+            if cfg.fid_every and state.step % cfg.fid_every == 0:
+                extractor = extractor or inception_extractor(device=device)
+                score = evaluate_generator(state.sampler, cfg, cfg.fid_samples, extractor=extractor)
+                state.history.setdefault("fid_step", []).append(state.step)
+                state.history.setdefault("fid", []).append(score["fid"])
             if cfg.sample_every and state.step % cfg.sample_every == 0:
                 state.samples.append((state.step, to_uint8(generate(state.sampler, state.fixed_z))))
             if state.batch_in_epoch == len(batches):  # the end of an epoch
@@ -1214,6 +1222,168 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu") -> tupl
 
 
 # ============================================================================
+# Evaluation
+# ============================================================================
+#
+# FID (Heusel et al. 2017) compares the mean and covariance of Inception-v3
+# pool features of real and generated images:
+#     FID = ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^(1/2)).
+# Lower is better; it is biased upwards for small sample counts, so only compare
+# numbers measured with the same N.  KID (Binkowski et al. 2018) is an unbiased
+# polynomial-kernel MMD on the same features, better suited to small N.
+
+#: Names a local copy of the FID Inception weights (pt_inception-2015-12-05); unset = download.
+FID_WEIGHTS_ENV = "FID_WEIGHTS"
+
+
+class _Precomputed(nn.Module):
+    """Hands features we already extracted (and cached) to torchmetrics' FID and KID."""
+
+    num_features = 2048
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def inception_extractor(weights_path: str | Path | None = None, device: torch.device | str = "cpu") -> nn.Module:
+    """The standard FID Inception-v3 (TF 2015-12-05 weights) from torchmetrics/torch-fidelity.
+
+    ``weights_path`` (or $FID_WEIGHTS) points at a local copy; otherwise the
+    library downloads the weights on first use.
+    """
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    path = weights_path or os.environ.get(FID_WEIGHTS_ENV) or None
+    if path and not Path(path).is_file():
+        raise FileNotFoundError(f"FID weights {path} do not exist; fix the path or unset {FID_WEIGHTS_ENV} "
+                                "to download them")
+    model = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                               feature_extractor_weights_path=str(path) if path else None)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def inception_features(images: Iterator[torch.Tensor] | torch.Tensor, extractor: nn.Module,
+                       batch_size: int = 50) -> torch.Tensor:
+    """(N, 2048) float64 pool features of uint8 NCHW images (any size: Inception resizes to 299)."""
+    device = next(extractor.parameters()).device
+    batches = images.split(batch_size) if torch.is_tensor(images) else images
+    feats = [extractor(b.to(device)).double().cpu() for b in batches]
+    return torch.cat(feats)
+
+
+def real_features(n: int, image_size: int, extractor: nn.Module, data: str = "celeba", crop: int = 0,
+                  cache_dir: str | Path | None = None) -> torch.Tensor:
+    """Inception features of n real faces at ``image_size``, computed once and cached on disk.
+
+    Real faces are resized to the model's resolution first, so a 32x32 model is
+    compared with 32x32 faces.  The cache key includes the data set's file list
+    (names, sizes, times), so changed data is recomputed.
+    """
+    folder = resolve_image_dir(data)
+    files = list_images(folder)
+    if n > len(files):
+        raise ValueError(f"asked for {n} real images but {folder} holds {len(files)}")
+    key = cache_key(files, image_size, crop)
+    path = Path(cache_dir or CACHE_DIR) / "fid" / f"real-{key}-{image_size}px-n{n}.pt"
+    if path.is_file():
+        return torch.load(path)
+    images = build_image_cache(files, image_size, crop)
+    pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(0))[:n].sort().values.numpy()
+    batches = (torch.from_numpy(images[pick[i:i + 50]]).permute(0, 3, 1, 2) for i in range(0, n, 50))
+    feats = inception_features(tqdm(batches, total=math.ceil(n / 50), desc=f"real features ({n})", leave=False),
+                               extractor)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(feats, path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)
+    return feats
+
+
+def fid_kid(real: torch.Tensor, fake: torch.Tensor, kid_subset: int = 1000) -> dict[str, float]:
+    """FID and KID (mean, std over subsets) between two sets of Inception features."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    fid = FrechetInceptionDistance(feature=_Precomputed())
+    subset = min(kid_subset, len(real), len(fake))
+    kid = KernelInceptionDistance(feature=_Precomputed(), subset_size=subset, subsets=50)
+    for metric in (fid, kid):
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
+    kid_mean, kid_std = kid.compute()
+    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+
+
+def truncated_latent(n: int, cfg: Config, truncation: float = 0.0, seed: int | None = None,
+                     device: torch.device | str = "cpu") -> torch.Tensor:
+    """z ~ N(0, I), or with ``truncation`` > 0 resampled to lie within [-t, t] (the truncation
+    trick: smaller t gives more typical, less varied faces)."""
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+    z = sample_latent(n, cfg, generator=g)
+    if truncation:
+        nn.init.trunc_normal_(z, 0.0, 1.0, -truncation, truncation, generator=g)
+    return z.to(device)
+
+
+def generated_batches(G: nn.Module, cfg: Config, n: int, batch_size: int = 100, seed: int = 0,
+                      truncation: float = 0.0) -> Iterator[torch.Tensor]:
+    """n samples of G as uint8 NCHW batches, from a seeded latent stream."""
+    device = next(G.parameters()).device
+    for i in range(0, n, batch_size):
+        z = truncated_latent(min(batch_size, n - i), cfg, truncation, seed + i, device)
+        yield to_uint8(generate(G, z))
+
+
+def evaluate_generator(G: nn.Module, cfg: Config, n: int = 1000, weights_path: str | Path | None = None,
+                       extractor: nn.Module | None = None, seed: int = 0) -> dict[str, float]:
+    """FID-n and KID of G against n real faces at G's resolution (same protocol for every model)."""
+    extractor = extractor or inception_extractor(weights_path)
+    real = real_features(n, cfg.image_size, extractor, cfg.data, cfg.crop)
+    fake = inception_features(generated_batches(G, cfg, n, seed=seed), extractor)
+    return {**fid_kid(real, fake), "n": n}
+
+
+def write_samples(G: nn.Module, cfg: Config, n: int, out_dir: str | Path, seed: int = 0,
+                  truncation: float = 0.0) -> list[Path]:
+    """Write n generated images as PNG files, for any external FID tool to score."""
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for batch in generated_batches(G, cfg, n, seed=seed, truncation=truncation):
+        for img in batch:
+            paths.append(out_dir / f"{len(paths):06d}.png")
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(paths[-1])
+    return paths
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation: Gaussian latents live near a sphere, and slerp stays on it
+    (a straight line would cut through the low-density middle and give washed-out faces)."""
+    a, b = z0.flatten(), z1.flatten()
+    omega = torch.arccos(torch.clamp(torch.dot(a / a.norm(), b / b.norm()), -1.0, 1.0))
+    if omega.abs() < 1e-6:
+        return (1 - t) * z0 + t * z1
+    return (torch.sin((1 - t) * omega) * z0 + torch.sin(t * omega) * z1) / torch.sin(omega)
+
+
+def face_for_seed(G: nn.Module, cfg: Config, seed: int, truncation: float = 0.0) -> np.ndarray:
+    """The face G draws for one seed, as an HxWx3 uint8 array (the latent explorer's callback)."""
+    z = truncated_latent(1, cfg, truncation, seed, next(G.parameters()).device)
+    return to_uint8(generate(G, z))[0].permute(1, 2, 0).numpy()
+
+
+def interpolate_faces(G: nn.Module, cfg: Config, seed_a: int, seed_b: int, t: float,
+                      truncation: float = 0.0) -> np.ndarray:
+    """The face at fraction t of the slerp path between two seeds' latents, as HxWx3 uint8."""
+    device = next(G.parameters()).device
+    za = truncated_latent(1, cfg, truncation, seed_a, device)
+    zb = truncated_latent(1, cfg, truncation, seed_b, device)
+    return to_uint8(generate(G, slerp(za, zb, t)))[0].permute(1, 2, 0).numpy()
+
+
+# ============================================================================
 # Visualization
 # ============================================================================
 
@@ -1253,8 +1423,13 @@ def plot_losses(history: dict):
     """Loss curves of D and G, and the mean scores D gives to real and fake images."""
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    with_fid = bool(history.get("fid"))
+    fig, axes = plt.subplots(1, 3 if with_fid else 2, figsize=(18 if with_fid else 12, 4))
+    ax1, ax2 = axes[:2]
     steps = history["step"]
+    if with_fid:
+        axes[2].plot(history["fid_step"], history["fid"], "o-", color="C2")
+        axes[2].set(xlabel="step", ylabel="FID (lower is better)", title="Sample quality")
     ax1.plot(steps, history["d_loss"], label="discriminator", alpha=0.8)
     ax1.plot(steps, history["g_loss"], label="generator", alpha=0.8)
     ax1.set(xlabel="step", ylabel="loss", title="Training losses")
@@ -1283,6 +1458,21 @@ def show_samples_over_training(samples: list, n_images: int = 8, max_rows: int =
     ax.set_xticks([])
     ax.set_title("Fixed latent vectors over training")
     return fig
+
+
+def save_progress_gif(samples: list, path: str | Path, n_images: int = 16, nrow: int = 4,
+                      duration_ms: int = 150) -> Path:
+    """An animated GIF of the fixed-latent grids over training (the last frame held longer)."""
+    from PIL import Image
+
+    if not samples:
+        raise ValueError("no samples recorded: train for at least one epoch (or set sample_every)")
+    frames = [Image.fromarray(image_grid(images[:n_images], nrow)) for _, images in samples]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:] + [frames[-1]] * 10,
+                   duration=duration_ms, loop=0)
+    return path
 
 
 # ============================================================================
@@ -1329,8 +1519,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="a few steps on a small subset (smoke test)")
     _add_config_arguments(p)
 
+    p = sub.add_parser("sample", help="write N generated faces as PNG files (for any FID tool)")
+    p.add_argument("--generator", required=True, help="a checkpoint.pt or an exported generator (assets/*.pt)")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--out", required=True, help="folder for the PNG files")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--truncation", type=float, default=0.0, help="resample |z| > t (0 = off)")
+    p.add_argument("--real", action="store_true",
+                   help="write N real faces at the generator's resolution instead (the FID reference set)")
+
+    p = sub.add_parser("fid", help="FID and KID of a generator against real faces at its resolution")
+    p.add_argument("--generator", required=True)
+    p.add_argument("--n", type=int, default=1000, help="samples (and real images); FID falls as N grows")
+    p.add_argument("--weights", default=None, help=f"local FID Inception weights (default ${FID_WEIGHTS_ENV}, "
+                   "else download)")
+    p.add_argument("--seed", type=int, default=0)
+
     args = parser.parse_args(argv)
-    if args.command == "train":
+    if args.command == "sample":
+        G, cfg = load_generator(args.generator, pick_device())
+        if args.real:
+            files = list_images(resolve_image_dir(cfg.data))
+            images = build_image_cache(files, cfg.image_size, cfg.crop)
+            pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(args.seed))[:args.n]
+            from PIL import Image
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            for i, j in enumerate(pick.tolist()):
+                Image.fromarray(np.asarray(images[j])).save(Path(args.out) / f"{i:06d}.png")
+            print(f"wrote {len(pick)} real {cfg.image_size}px faces to {args.out}")
+        else:
+            paths = write_samples(G, cfg, args.n, args.out, args.seed, args.truncation)
+            print(f"wrote {len(paths)} generated {cfg.image_size}px faces to {args.out}")
+    elif args.command == "fid":
+        G, cfg = load_generator(args.generator, pick_device())
+        extractor = inception_extractor(args.weights, pick_device())
+        result = evaluate_generator(G, cfg, args.n, extractor=extractor, seed=args.seed)
+        print(f"{args.generator}: FID-{args.n} {result['fid']:.2f}, KID {result['kid']:.4f} "
+              f"+- {result['kid_std']:.4f} ({cfg.image_size}px, against {args.n} real faces at {cfg.image_size}px)")
+    elif args.command == "train":
         out = Path(args.out or f"runs/{args.preset or 'small32'}{'-dry-run' if args.dry_run else ''}")
         base = None
         if args.resume and (out / "checkpoint.pt").is_file():
