@@ -1239,7 +1239,9 @@ FID_WEIGHTS_ENV = "FID_WEIGHTS"
 class _Precomputed(nn.Module):
     """Hands features we already extracted (and cached) to torchmetrics' FID and KID."""
 
-    num_features = 2048
+    def __init__(self, num_features: int = 2048):
+        super().__init__()
+        self.num_features = num_features
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features
@@ -1304,9 +1306,9 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, kid_subset: int = 1000) -> d
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    fid = FrechetInceptionDistance(feature=_Precomputed())
+    fid = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]))
     subset = min(kid_subset, len(real), len(fake))
-    kid = KernelInceptionDistance(feature=_Precomputed(), subset_size=subset, subsets=50)
+    kid = KernelInceptionDistance(feature=_Precomputed(real.shape[1]), subset_size=subset, subsets=50)
     for metric in (fid, kid):
         metric.update(real, real=True)
         metric.update(fake, real=False)

@@ -32,7 +32,7 @@ class CountingExtractor(nn.Module):
 
     def forward(self, x):
         self.seen += len(x)
-        return x.float().flatten(1)[:, :2048].repeat(1, 2048 // min(2048, x[0].numel()) + 1)[:, :2048] * self.scale
+        return x.float().flatten(1)[:, :16] * self.scale  # 16 "features": the FID maths stays cheap
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_with_noise_large(celeba_dir, inception):
@@ -48,7 +48,7 @@ def test_fid_of_a_set_with_itself_is_zero_and_with_noise_large(celeba_dir, incep
 def test_real_features_are_cached_and_recomputed_when_data_changes(image_folder, tmp_path):
     extractor = CountingExtractor()
     first = helpers.real_features(8, 32, extractor, data=str(image_folder), cache_dir=tmp_path)
-    assert extractor.seen == 8 and first.shape == (8, 2048)
+    assert extractor.seen == 8 and first.shape == (8, 16)
     again = helpers.real_features(8, 32, extractor, data=str(image_folder), cache_dir=tmp_path)
     assert extractor.seen == 8  # the cache was hit: no image went through the extractor
     assert torch.equal(first, again)
@@ -75,24 +75,25 @@ def test_sample_writes_n_readable_pngs(tmp_path):
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(paths, again))  # seeded
 
 
-def test_cli_sample_and_fid(celeba_dir, tmp_path, capsys, monkeypatch):
-    state = helpers.train(helpers.make_config("small32", batch_size=8, subset=16, max_steps=1), tmp_path,
-                          progress=False)
+def test_cli_sample_and_fid(image_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(helpers, "CACHE_DIR", tmp_path / "cache")
+    cfg = helpers.make_config("small32", batch_size=4, data=str(image_folder), max_steps=1)
+    state = helpers.train(cfg, tmp_path, progress=False)
     gen = helpers.export_generator(state, tmp_path / "g.pt")
     assert helpers.main(["sample", "--generator", str(gen), "--n", "5", "--out", str(tmp_path / "s")]) == 0
     assert len(list((tmp_path / "s").glob("*.png"))) == 5
     helpers.main(["sample", "--generator", str(gen), "--n", "4", "--out", str(tmp_path / "r"), "--real"])
     assert len(list((tmp_path / "r").glob("*.png"))) == 4
     monkeypatch.setattr(helpers, "inception_extractor", lambda *a, **k: CountingExtractor())
-    monkeypatch.setattr(helpers, "CACHE_DIR", tmp_path / "cache")
     helpers.main(["fid", "--generator", str(gen), "--n", "6"])
     assert "FID-6" in capsys.readouterr().out
 
 
-def test_fid_tracking_during_training(celeba_dir, tmp_path, monkeypatch):
+def test_fid_tracking_during_training(image_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(helpers, "inception_extractor", lambda *a, **k: CountingExtractor())
     monkeypatch.setattr(helpers, "CACHE_DIR", tmp_path / "cache")
-    cfg = helpers.make_config("small32", batch_size=8, subset=64, max_steps=4, fid_every=2, fid_samples=8)
+    cfg = helpers.make_config("small32", batch_size=4, data=str(image_folder), max_steps=4, fid_every=2,
+                              fid_samples=8)
     state = helpers.train(cfg, tmp_path / "run", progress=False)
     assert state.history["fid_step"] == [2, 4] and all(np.isfinite(state.history["fid"]))
     assert len(helpers.plot_losses(state.history).axes) == 3  # FID beside the losses
