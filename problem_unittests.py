@@ -183,6 +183,9 @@ def test_optimizers(d_optimizer: torch.optim.Optimizer, g_optimizer: torch.optim
                     D: nn.Module, G: nn.Module) -> None:
     """One optimiser per network, each holding exactly that network's parameters."""
     for name, opt, net, other in (("d_optimizer", d_optimizer, D, G), ("g_optimizer", g_optimizer, G, D)):
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise CheckFailed(f"{name} is not implemented yet (it is {opt!r}): create it with "
+                              f"torch.optim.Adam({type(net).__name__}.parameters(), lr=2e-4, betas=(0.5, 0.999)).")
         params = {id(p) for group in opt.param_groups for p in group["params"]}
         if params != {id(p) for p in net.parameters()}:
             _fail(name, f"the parameters of {type(net).__name__}", f"{len(params)} other tensors",
@@ -213,3 +216,21 @@ def test_discriminator_step(d_step: Callable, D: nn.Module, G: nn.Module, d_opti
     if all(torch.equal(a, b) for a, b in zip(before, D.parameters())):
         _fail("D's parameters", "changed by the step", "unchanged", "call loss.backward() and d_optimizer.step()")
     _passed("the D step updates D and leaves G alone")
+
+
+def test_generator_step(g_step: Callable, D: nn.Module, G: nn.Module, g_optimizer: torch.optim.Optimizer,
+                        z: torch.Tensor) -> None:
+    """``g_step(D, G, g_optimizer, z)`` updates G only, towards D calling its fakes real."""
+    d_before = [p.detach().clone() for p in D.parameters()]
+    g_before = [p.detach().clone() for p in G.parameters()]
+    loss = _call("the generator step", g_step, D, G, g_optimizer, z)
+    value = float(loss)
+    if not math.isfinite(value) or value < 0:
+        _fail("generator loss", "a finite BCE value >= 0", str(value),
+              "G's loss is real_loss(D(G(z))): BCE of D's logits on the fakes against the label 1")
+    if not any(not torch.equal(a, b) for a, b in zip(g_before, G.parameters())):
+        _fail("G's parameters", "changed by the step", "unchanged", "call loss.backward() and g_optimizer.step()")
+    if not all(torch.equal(a, b) for a, b in zip(d_before, D.parameters())):
+        _fail("D's parameters", "unchanged by the G step", "changed",
+              "step only g_optimizer in the G step; D is updated in its own step")
+    _passed("the G step updates G and leaves D alone")
