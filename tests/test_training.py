@@ -134,3 +134,46 @@ def test_cli_dry_run_writes_a_run_and_resumes(celeba_dir, tmp_path, capsys):
 def test_cli_rejects_bad_values(tmp_path):
     with pytest.raises(ValueError, match="d_optimizer"):
         helpers.main(["train", "--dry-run", "--out", str(tmp_path), "--d-optimizer", "rmsprop"])
+
+
+@pytest.mark.parametrize("preset", ["small32", "dcgan64"])
+def test_fast_step_equals_the_textbook_steps(preset, real_batches):
+    """The project's step (channels_last, one G forward, D frozen in the G step) computes the same
+    gradients as the plain textbook D step and G step.  Plain SGD applies them as they are, so the
+    parameters must agree to float tolerance (Adam would amplify float noise in tiny gradients)."""
+    fast = _state(preset)
+    assert fast.config.channels_last
+    plain = helpers.make_state(fast.config.replace(channels_last=False), 100, "cpu")
+    for s in (fast, plain):
+        # train_step sets the learning rates from the configuration at every step
+        s.d_opt = torch.optim.SGD(s.D.parameters(), lr=s.config.lr_d)
+        s.g_opt = torch.optim.SGD(s.G.parameters(), lr=s.config.lr_g)
+    real = real_batches[fast.config.image_size]
+    for _ in range(2):
+        torch.manual_seed(5)
+        helpers.train_step(fast, real.contiguous(memory_format=torch.channels_last))
+        torch.manual_seed(5)
+        z = helpers.sample_latent(real.size(0), plain.config)
+        helpers.discriminator_step(plain.D, plain.G, plain.d_opt, real, z, smooth=plain.config.real_label[0])
+        helpers.generator_step(plain.D, plain.G, plain.g_opt, z)
+    for name, a, b in (("D", fast.D, plain.D), ("G", fast.G, plain.G)):
+        for (key, p), q in zip(a.named_parameters(), b.parameters()):
+            assert torch.allclose(p, q, atol=1e-5, rtol=1e-4), f"{name}.{key} differs"
+
+
+def test_fused_adam_makes_the_same_update_as_plain_adam():
+    cfg = helpers.make_config("dcgan64")
+    D1, G1 = helpers.build_models(cfg)
+    D2, G2 = copy.deepcopy(D1), copy.deepcopy(G1)
+    fused = helpers.make_optimizers(D1, G1, cfg)
+    plain = helpers.make_optimizers(D2, G2, cfg.replace(fused_adam=False))
+    assert fused[0].defaults.get("fused") and not plain[0].defaults.get("fused")
+    torch.manual_seed(0)
+    for _ in range(3):
+        for p, q in zip(list(D1.parameters()) + list(G1.parameters()), list(D2.parameters()) + list(G2.parameters())):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        for opt in fused + plain:
+            opt.step()
+    for p, q in zip(G1.parameters(), G2.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
