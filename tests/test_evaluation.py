@@ -148,3 +148,27 @@ def test_truncation_bounds_the_latent():
     z = helpers.truncated_latent(500, cfg, truncation=0.5, seed=0)
     assert z.shape == (500, 128, 1, 1) and z.abs().max() <= 0.5
     assert helpers.truncated_latent(500, cfg, 0.0, seed=0).abs().max() > 2
+
+
+# --- the shipped generators
+
+SHIPPED = sorted((Path(helpers.PROJECT_ROOT) / "assets").glob("generator_*.pt"))
+
+
+def test_a_generator_is_shipped():
+    assert SHIPPED, "assets/ should hold at least one trained generator"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_generator_is_small_and_draws_faces(path, celeba_dir):
+    assert path.stat().st_size < 5 * 2**20  # a few MB at most
+    G, cfg = helpers.load_generator(path)
+    images = helpers.generate(G, helpers.truncated_latent(64, cfg, seed=0))
+    assert images.shape == (64, 3, cfg.image_size, cfg.image_size)
+    assert images.std(0).mean() > 0.15  # varied: no mode collapse
+    # The average face of G looks like the average real face (a cheap check that G draws faces).
+    files = helpers.list_images(celeba_dir)[:512]
+    real = helpers.build_image_cache(files, cfg.image_size)
+    real_mean = helpers.uint8_to_model_range(torch.from_numpy(np.array(real))).mean(0)
+    corr = torch.corrcoef(torch.stack([images.mean(0).flatten(), real_mean.flatten()]))[0, 1]
+    assert corr > 0.8, corr
