@@ -46,6 +46,17 @@ def _call(what: str, fn: Callable, *args, **kwargs):
         raise
 
 
+def _output_with_large_weights(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The output of a copy of ``model`` whose conv and linear weights are ~N(0, 1): what a
+    squashing output layer (sigmoid, tanh) does then shows plainly."""
+    big = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in big.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 1)
+        return big(x)
+
+
 def test_scale(scale: Callable) -> None:
     """scale(x) maps [0, 1] to [-1, 1], and to any feature_range given."""
     x = torch.linspace(0, 1, 11)
@@ -98,12 +109,7 @@ def test_discriminator(Discriminator: type, conv_dim: int = 32, image_size: int 
               "did you flatten before the final linear layer? x.view(x.size(0), -1) keeps the batch "
               "dimension; the last layer should output 1 value per image")
     # With large weights, logits spread far beyond [0, 1]; only a sigmoid keeps them inside.
-    big = copy.deepcopy(D)
-    with torch.no_grad():
-        for p in big.parameters():
-            if p.dim() > 1:  # conv and linear weights
-                p.normal_(0, 1)
-        big_out = big(x)
+    big_out = _output_with_large_weights(D, x)
     if big_out.min() >= 0 and big_out.max() <= 1:
         _fail("Discriminator outputs", "raw logits (any real number)",
               f"values in [{big_out.min().item():.3g}, {big_out.max().item():.3g}], as after a sigmoid",
@@ -123,12 +129,7 @@ def test_generator(Generator: type, z_size: int = 100, conv_dim: int = 32, image
               "check the channels and sizes: each stride-2 transposed conv (kernel 4, padding 1) doubles "
               "height and width, and the last one must output 3 channels")
     # Large weights make the pre-activation output huge: only a squashing tanh keeps it in [-1, 1].
-    big = copy.deepcopy(G)
-    with torch.no_grad():
-        for p in big.parameters():
-            if p.dim() > 1:  # conv and linear weights
-                p.normal_(0, 1)
-        out = big(z)
+    out = _output_with_large_weights(G, z)
     lo, hi = out.min().item(), out.max().item()
     if lo < -1 - 1e-5 or hi > 1 + 1e-5:
         _fail("Generator output range", "values in [-1, 1]", f"[{lo:.3g}, {hi:.3g}]",
