@@ -1049,7 +1049,7 @@ def save_checkpoint(state: TrainState, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {
         "config": state.config.to_dict(),
-        "D": state.D.state_dict(), "G": state.G.state_dict(),
+        "D": _unwrap(state.D).state_dict(), "G": _unwrap(state.G).state_dict(),
         "d_opt": state.d_opt.state_dict(), "g_opt": state.g_opt.state_dict(),
         "ema": state.ema.state_dict() if state.ema is not None else None,
         "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
