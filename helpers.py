@@ -1579,6 +1579,34 @@ def _bench_worker(preset: str, pipeline: str, steps: int, warmup: int, subset: i
     queue.put({"img_s": steps * cfg.batch_size / seconds, "peak_mb": peak_mb})
 
 
+def _run_worker(ctx, *args) -> dict:
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_bench_worker, args=(*args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def preset_speeds(quick: bool = False, device: str | None = None) -> list[dict]:
+    """Training img/s of every preset on the project's pipeline (batch 64), with model sizes."""
+    import multiprocessing as mp
+
+    dev = pick_device(device or "auto")
+    ctx = mp.get_context("spawn")
+    resolve_image_dir("celeba")
+    print(f"{'preset':<12} {'D params':>10} {'G params':>10} {'img/s':>8}   ({dev}, batch 64)")
+    rows = []
+    for preset in PRESETS:
+        cfg = make_config(preset)
+        D, G = build_models(cfg)
+        steps = max(cfg.n_critic, 3 if quick else 10) if cfg.image_size == 64 and dev.type == "cpu" else 30
+        r = _run_worker(ctx, preset, "fast", steps, 2, 4096 if quick else 0, str(dev))
+        rows.append({"preset": preset, "d_params": count_parameters(D), "g_params": count_parameters(G), **r})
+        print(f"{preset:<12} {rows[-1]['d_params']:>10,} {rows[-1]['g_params']:>10,} {r['img_s']:>8.0f}", flush=True)
+    return rows
+
+
 def benchmark(quick: bool = False, device: str | None = None, repeats: int = 1) -> list[dict]:
     """Classic vs fast pipeline for each case; prints a table and returns its rows."""
     import multiprocessing as mp
@@ -1600,12 +1628,7 @@ def benchmark(quick: bool = False, device: str | None = None, repeats: int = 1) 
         results = {}
         for _ in range(repeats):  # alternate the two pipelines, so load changes hit both alike
             for pipeline in ("classic", "fast"):
-                queue = ctx.Queue()
-                proc = ctx.Process(target=_bench_worker,
-                                   args=(preset, pipeline, steps, 2 if quick else 5, subset, str(dev), queue))
-                proc.start()
-                result = queue.get()
-                proc.join()
+                result = _run_worker(ctx, preset, pipeline, steps, 2 if quick else 5, subset, str(dev))
                 best = results.get(pipeline)
                 if best is None or result["img_s"] > best["img_s"]:
                     results[pipeline] = result
@@ -1829,10 +1852,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer steps on a 4,096-image subset (under 2 minutes)")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     p.add_argument("--repeats", type=int, default=1, help="alternate the pipelines this many times, keep the best")
+    p.add_argument("--presets", action="store_true", help="instead: img/s and size of every preset")
 
     args = parser.parse_args(argv)
     if args.command == "bench":
-        benchmark(args.quick, args.device, args.repeats)
+        if args.presets:
+            preset_speeds(args.quick, args.device)
+        else:
+            benchmark(args.quick, args.device, args.repeats)
     elif args.command == "exercise":
         print(f"wrote {make_exercise_notebook(args.solution, args.out)}")
     elif args.command == "sample":

@@ -200,3 +200,20 @@ def test_cached_batches_in_channels_last_hold_the_same_values(celeba_dir, tmp_pa
     nhwc = next(helpers.CachedBatches(cache, 32, seed=1, channels_last=True).epoch(0))
     assert nhwc.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(plain, nhwc)
+
+
+@pytest.mark.parametrize("pipeline", ["classic", "fast"])
+def test_benchmark_worker_measures_both_pipelines(pipeline, celeba_dir):
+    import queue
+
+    out = queue.Queue()
+    helpers._bench_worker("small32", pipeline, 2, 1, 192, "cpu", out)
+    result = out.get_nowait()
+    assert result["img_s"] > 0 and result["peak_mb"] > 0
+
+
+def test_step_flops_match_a_hand_count_for_the_generator_stem():
+    # small32 per image: forward + backward ~ 3x forward; G's linear stem alone is 2 * 100 * 2048 FLOPs.
+    flops = helpers.step_flops(helpers.make_config("small32"), 16) / 16
+    assert flops > 3 * 2 * 100 * 2048
+    assert helpers.step_flops(helpers.make_config("dcgan64"), 16) / 16 > 10 * flops  # 64px nets cost far more
