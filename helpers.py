@@ -225,6 +225,8 @@ CELEBA_BYTES = 247_694_507
 #: Names a local copy of processed-celeba-small.zip; used instead of downloading.
 DATA_ENV = "CELEBA_ZIP"
 DATA_DIR = PROJECT_ROOT / "processed_celeba_small"
+#: Image caches, FID statistics and extracted archives (git-ignored); $FACEGAN_CACHE moves it.
+CACHE_DIR = Path(os.environ.get("FACEGAN_CACHE", PROJECT_ROOT / ".cache"))
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -349,13 +351,13 @@ def resolve_image_dir(data: str | Path = "celeba", recursive: bool = False) -> P
 
     ``"celeba"`` is the processed set (fetched by ``ensure_celeba``); a folder is
     used as it is (its ``celeba/`` child if it has one); a ``.zip`` is extracted
-    beside itself once.
+    once, into ``.cache/data/``.
     """
     if str(data) == "celeba":
         return ensure_celeba()
     path = Path(data)
     if path.suffix == ".zip":
-        target = PROJECT_ROOT / path.stem.replace("-", "_")
+        target = CACHE_DIR / "data" / path.stem
         if not (target.is_dir() and (list_images(target, True))):
             extract_zip(path, target)
         path = target
@@ -442,7 +444,6 @@ def scale(x: torch.Tensor, feature_range: tuple[float, float] = (-1, 1)) -> torc
 
 # --- The fast path: decode every JPEG once into a uint8 memory-mapped array.
 
-CACHE_DIR = Path(os.environ.get("FACEGAN_CACHE", PROJECT_ROOT / ".cache"))
 CACHE_VERSION = 1
 
 

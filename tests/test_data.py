@@ -203,3 +203,20 @@ def test_cache_rebuilds_when_source_changes(image_folder, tmp_path):
     rebuilt = helpers.build_image_cache(files, 32, cache_dir=cache_dir, num_workers=0)
     assert rebuilt.filename != first.filename
     assert not np.array_equal(rebuilt[0], first[0]) and np.array_equal(rebuilt[1:], first[1:])
+
+
+def test_any_zip_of_faces_is_extracted_once_into_the_cache(tmp_path, monkeypatch):
+    import zipfile
+    from conftest import jpeg_bytes
+
+    monkeypatch.setattr(helpers, "CACHE_DIR", tmp_path / "cache")
+    archive = tmp_path / "my-faces.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(5):
+            zf.writestr(f"img_align_celeba/{i:06d}.jpg", jpeg_bytes(i, size=(178, 218)))
+    folder = helpers.resolve_image_dir(str(archive))
+    assert folder.is_relative_to(tmp_path / "cache") and len(helpers.list_images(folder)) == 5
+    archive.unlink()  # already extracted: the archive is not needed again
+    assert helpers.resolve_image_dir(str(tmp_path / "my-faces.zip")) == folder
+    x = next(iter(helpers.get_dataloader(4, 64, folder, crop=160)))
+    assert x.shape == (4, 3, 64, 64)
