@@ -511,12 +511,17 @@ class CachedBatches:
 
     The shuffling order and the flips of an epoch come from ``(seed, epoch)``,
     so a run resumed in the middle of an epoch sees the very same batches.
+    On a GPU the whole uint8 array is copied to device memory once (400 MB for
+    the standard set at 64x64) when it fits, so batches never cross the bus.
     """
 
     def __init__(self, images: np.ndarray, batch_size: int, device: torch.device | str = "cpu",
-                 seed: int = 0, flip: bool = True, channels_last: bool = False):
+                 seed: int = 0, flip: bool = True, channels_last: bool = False, preload: bool | None = None):
         self.images, self.batch_size, self.device = images, batch_size, torch.device(device)
         self.seed, self.flip, self.channels_last = seed, flip, channels_last
+        if preload is None:
+            preload = self.device.type == "cuda" and images.nbytes < 0.25 * torch.cuda.mem_get_info(self.device)[0]
+        self.resident = torch.from_numpy(np.ascontiguousarray(images)).to(self.device) if preload else None
         if len(images) < batch_size:
             raise DataError(f"{len(images)} images are fewer than one batch of {batch_size}; "
                             "lower batch_size or add images")
@@ -531,9 +536,12 @@ class CachedBatches:
         pin = self.device.type == "cuda"
         for b in range(start, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            batch = torch.from_numpy(self.images[idx.numpy()])
-            if pin:
-                batch = batch.pin_memory()
+            if self.resident is not None:
+                batch = self.resident[idx.to(self.device)]
+            else:
+                batch = torch.from_numpy(self.images[idx.numpy()])
+                if pin:  # page-locked memory lets the copy overlap with compute
+                    batch = batch.pin_memory()
             x = uint8_to_model_range(batch.to(self.device, non_blocking=True))
             if self.flip:
                 mask = flips[idx].to(self.device, non_blocking=True).view(-1, 1, 1, 1)

@@ -200,6 +200,9 @@ def test_cached_batches_in_channels_last_hold_the_same_values(celeba_dir, tmp_pa
     nhwc = next(helpers.CachedBatches(cache, 32, seed=1, channels_last=True).epoch(0))
     assert nhwc.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(plain, nhwc)
+    # the device-resident copy (what a GPU uses) gives the same batches as the memory map
+    resident = helpers.CachedBatches(cache, 32, seed=1, preload=True)
+    assert resident.resident is not None and torch.equal(next(resident.epoch(0)), plain)
 
 
 @pytest.mark.parametrize("pipeline", ["classic", "fast"])
