@@ -1019,7 +1019,7 @@ def train_step(state: TrainState, real: torch.Tensor) -> dict[str, torch.Tensor]
         D.requires_grad_(False)
         with _autocast(state):
             d_out = D(noisy(fake)).float()
-            g_loss = real_loss(d_out) if cfg.loss == "bce" else -d_out.mean()
+            g_loss = {"bce": real_loss, "hinge": hinge_g_loss, "wgan-gp": wasserstein_g_loss}[cfg.loss](d_out)
         g_loss.backward()
         D.requires_grad_(True)
         state.g_opt.step()
