@@ -1447,7 +1447,7 @@ def plot_losses(history: dict):
     steps = history["step"]
     if with_fid:
         axes[2].plot(history["fid_step"], history["fid"], "o-", color="C2")
-        axes[2].set(xlabel="step", ylabel="FID (lower is better)", title="Sample quality")
+        axes[2].set(xlabel="step", ylabel="FID (lower is better)", title="Sample quality", yscale="log")
     ax1.plot(steps, history["d_loss"], label="discriminator", alpha=0.8)
     ax1.plot(steps, history["g_loss"], label="generator", alpha=0.8)
     ax1.set(xlabel="step", ylabel="loss", title="Training losses")
