@@ -1770,6 +1770,10 @@ def make_exercise_notebook(solution_path: str | Path = PROJECT_ROOT / "face_gene
     import nbformat
 
     nb = nbformat.read(solution_path, as_version=4)
+    # Keep the kernel, drop what execution wrote (widget state, versions): the exercise must not
+    # change when the solution notebook is re-run.
+    nb.metadata = nbformat.from_dict({"kernelspec": nb.metadata.get("kernelspec", {}),
+                                      "language_info": {"name": "python"}})
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
