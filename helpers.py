@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -521,7 +522,7 @@ class CachedBatches:
         self.seed, self.flip, self.channels_last = seed, flip, channels_last
         if preload is None:
             preload = self.device.type == "cuda" and images.nbytes < 0.25 * torch.cuda.mem_get_info(self.device)[0]
-        self.resident = torch.from_numpy(np.ascontiguousarray(images)).to(self.device) if preload else None
+        self.resident = torch.from_numpy(np.array(images)).to(self.device) if preload else None
         if len(images) < batch_size:
             raise DataError(f"{len(images)} images are fewer than one batch of {batch_size}; "
                             "lower batch_size or add images")
@@ -1324,7 +1325,9 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, kid_subset: int = 1000) -> d
 
     fid = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]))
     subset = min(kid_subset, len(real), len(fake))
-    kid = KernelInceptionDistance(feature=_Precomputed(real.shape[1]), subset_size=subset, subsets=50)
+    with warnings.catch_warnings():  # KID keeps all features in memory: intended, they are ours already
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=_Precomputed(real.shape[1]), subset_size=subset, subsets=50)
     for metric in (fid, kid):
         metric.update(real, real=True)
         metric.update(fake, real=False)

@@ -207,7 +207,7 @@ def test_discriminator_step(d_step: Callable, D: nn.Module, G: nn.Module, d_opti
         p.grad = None
     before = [p.detach().clone() for p in D.parameters()]
     loss = _call("the discriminator step", d_step, D, G, d_optimizer, real_images, z)
-    value = float(loss)
+    value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
     if not math.isfinite(value):
         _fail("discriminator loss", "a finite number", str(value), "check the loss inputs for NaN")
     if any(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters()):
@@ -225,7 +225,7 @@ def test_generator_step(g_step: Callable, D: nn.Module, G: nn.Module, g_optimize
     d_before = [p.detach().clone() for p in D.parameters()]
     g_before = [p.detach().clone() for p in G.parameters()]
     loss = _call("the generator step", g_step, D, G, g_optimizer, z)
-    value = float(loss)
+    value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
     if not math.isfinite(value) or value < 0:
         _fail("generator loss", "a finite BCE value >= 0", str(value),
               "G's loss is real_loss(D(G(z))): BCE of D's logits on the fakes against the label 1")
