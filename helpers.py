@@ -481,13 +481,16 @@ def build_image_cache(files: Sequence[Path], image_size: int, crop: int = 0,
                                         shape=(len(files), image_size, image_size, 3))
         workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
         loader = DataLoader(decode, batch_size=256, num_workers=workers)
-        i = 0
-        for batch in tqdm(loader, desc=f"caching {len(files):,} images at {image_size}px", leave=False):
-            out[i:i + len(batch)] = batch.numpy()
-            i += len(batch)
-        out.flush()
-        del out
-        os.replace(tmp, path)  # atomic: a half-written cache is never picked up
+        try:
+            i = 0
+            for batch in tqdm(loader, desc=f"caching {len(files):,} images at {image_size}px", leave=False):
+                out[i:i + len(batch)] = batch.numpy()
+                i += len(batch)
+            out.flush()
+            del out
+            os.replace(tmp, path)  # atomic: a half-written cache is never picked up
+        finally:
+            tmp.unlink(missing_ok=True)  # left only when decoding failed (e.g. a corrupt image)
     return np.load(path, mmap_mode="r")
 
 
@@ -1291,6 +1294,11 @@ def inception_features(images: Iterator[torch.Tensor] | torch.Tensor, extractor:
     return torch.cat(feats)
 
 
+def real_sample_indices(n_files: int, n: int, seed: int = 0) -> np.ndarray:
+    """The fixed random pick of n real images that FID compares against (sorted, for memmap reads)."""
+    return torch.randperm(n_files, generator=torch.Generator().manual_seed(seed))[:n].sort().values.numpy()
+
+
 def real_features(n: int, image_size: int, extractor: nn.Module, data: str = "celeba", crop: int = 0,
                   cache_dir: str | Path | None = None) -> torch.Tensor:
     """Inception features of n real faces at ``image_size``, computed once and cached on disk.
@@ -1308,7 +1316,7 @@ def real_features(n: int, image_size: int, extractor: nn.Module, data: str = "ce
     if path.is_file():
         return torch.load(path)
     images = build_image_cache(files, image_size, crop)
-    pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(0))[:n].sort().values.numpy()
+    pick = real_sample_indices(len(files), n)
     batches = (torch.from_numpy(images[pick[i:i + 50]]).permute(0, 3, 1, 2) for i in range(0, n, 50))
     feats = inception_features(tqdm(batches, total=math.ceil(n / 50), desc=f"real features ({n})", leave=False),
                                extractor)
@@ -1376,6 +1384,21 @@ def write_samples(G: nn.Module, cfg: Config, n: int, out_dir: str | Path, seed: 
         for img in batch:
             paths.append(out_dir / f"{len(paths):06d}.png")
             Image.fromarray(img.permute(1, 2, 0).numpy()).save(paths[-1])
+    return paths
+
+
+def write_real_samples(cfg: Config, n: int, out_dir: str | Path, seed: int = 0) -> list[Path]:
+    """Write the n real faces that FID uses (``seed=0``), at the model's resolution, as PNG files."""
+    from PIL import Image
+
+    files = list_images(resolve_image_dir(cfg.data))
+    images = build_image_cache(files, cfg.image_size, cfg.crop)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for j in real_sample_indices(len(files), n, seed):
+        paths.append(out_dir / f"{len(paths):06d}.png")
+        Image.fromarray(np.asarray(images[j])).save(paths[-1])
     return paths
 
 
@@ -1881,14 +1904,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "sample":
         G, cfg = load_generator(args.generator, pick_device())
         if args.real:
-            files = list_images(resolve_image_dir(cfg.data))
-            images = build_image_cache(files, cfg.image_size, cfg.crop)
-            pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(args.seed))[:args.n]
-            from PIL import Image
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            for i, j in enumerate(pick.tolist()):
-                Image.fromarray(np.asarray(images[j])).save(Path(args.out) / f"{i:06d}.png")
-            print(f"wrote {len(pick)} real {cfg.image_size}px faces to {args.out}")
+            paths = write_real_samples(cfg, args.n, args.out, args.seed)
+            print(f"wrote {len(paths)} real {cfg.image_size}px faces to {args.out}")
         else:
             paths = write_samples(G, cfg, args.n, args.out, args.seed, args.truncation)
             print(f"wrote {len(paths)} generated {cfg.image_size}px faces to {args.out}")

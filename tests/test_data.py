@@ -220,3 +220,10 @@ def test_any_zip_of_faces_is_extracted_once_into_the_cache(tmp_path, monkeypatch
     assert helpers.resolve_image_dir(str(tmp_path / "my-faces.zip")) == folder
     x = next(iter(helpers.get_dataloader(4, 64, folder, crop=160)))
     assert x.shape == (4, 3, 64, 64)
+
+
+def test_failed_cache_build_leaves_no_partial_file(image_folder, tmp_path):
+    (image_folder / "003.jpg").write_bytes(b"broken")
+    with pytest.raises(helpers.DataError, match="003.jpg"):
+        helpers.build_image_cache(helpers.list_images(image_folder), 32, cache_dir=tmp_path / "cache", num_workers=0)
+    assert list((tmp_path / "cache").iterdir()) == []
