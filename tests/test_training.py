@@ -60,7 +60,7 @@ def test_train_step_detaches_fakes_in_the_d_step(real_batches):
 def test_textbook_steps_match_the_training_step(real_batches):
     """train_step (plain BCE) computes the same D update as discriminator_step."""
     real = real_batches[32]
-    a = _state("classic32")
+    a = _state("classic32", amp=False)
     b = copy.deepcopy(a)
     torch.manual_seed(1)
     helpers.train_step(a, real)
@@ -141,7 +141,7 @@ def test_fast_step_equals_the_textbook_steps(preset, real_batches):
     """The project's step (channels_last, one G forward, D frozen in the G step) computes the same
     gradients as the plain textbook D step and G step.  Plain SGD applies them as they are, so the
     parameters must agree to float tolerance (Adam would amplify float noise in tiny gradients)."""
-    fast = _state(preset)
+    fast = _state(preset, amp=False)  # bf16 has its own test below
     assert fast.config.channels_last
     plain = helpers.make_state(fast.config.replace(channels_last=False), 100, "cpu")
     for s in (fast, plain):
@@ -159,6 +159,36 @@ def test_fast_step_equals_the_textbook_steps(preset, real_batches):
     for name, a, b in (("D", fast.D, plain.D), ("G", fast.G, plain.G)):
         for (key, p), q in zip(a.named_parameters(), b.parameters()):
             assert torch.allclose(p, q, atol=1e-5, rtol=1e-4), f"{name}.{key} differs"
+
+
+def _sgd_update(state: helpers.TrainState, real: torch.Tensor) -> torch.Tensor:
+    """The change of all of D's and G's parameters made by one train_step under plain SGD."""
+    state.d_opt = torch.optim.SGD(state.D.parameters(), lr=state.config.lr_d)
+    state.g_opt = torch.optim.SGD(state.G.parameters(), lr=state.config.lr_g)
+    params = list(state.D.parameters()) + list(state.G.parameters())
+    before = torch.cat([p.detach().flatten() for p in params])
+    torch.manual_seed(5)
+    helpers.train_step(state, real)
+    return torch.cat([p.detach().flatten() for p in params]) - before
+
+
+@pytest.mark.parametrize("preset", ["small32", "dcgan64", "hinge_sn64"])
+def test_bf16_step_makes_nearly_the_fp32_update(preset, real_batches, monkeypatch):
+    """bf16 autocast keeps weights, optimiser and losses in fp32 and rounds only the conv and
+    matmul operands to 8 mantissa bits: the update must point the same way as fp32's, at the same size."""
+    fp32 = _state(preset, amp=False)
+    bf16 = _state(preset, amp=True)
+    bf16.D.load_state_dict(fp32.D.state_dict())
+    bf16.G.load_state_dict(fp32.G.state_dict())
+    real = real_batches[fp32.config.image_size]
+    assert helpers.training_precision(fp32.config, fp32.device) == "fp32"
+    monkeypatch.setattr(helpers, "native_bf16", lambda device_type: True)  # bf16 even where emulated
+    assert helpers.training_precision(bf16.config, bf16.device) == "bf16"
+    a, b = _sgd_update(fp32, real), _sgd_update(bf16, real)
+    assert F.cosine_similarity(a.double(), b.double(), dim=0) > 0.99
+    assert abs(b.norm() / a.norm() - 1) < 0.02
+    # ...and that is a real difference, not the same fp32 computation twice
+    assert not torch.equal(a, b)
 
 
 def test_fused_adam_makes_the_same_update_as_plain_adam():
@@ -205,14 +235,27 @@ def test_cached_batches_in_channels_last_hold_the_same_values(celeba_dir, tmp_pa
     assert resident.resident is not None and torch.equal(next(resident.epoch(0)), plain)
 
 
-@pytest.mark.parametrize("pipeline", ["classic", "fast"])
-def test_benchmark_worker_measures_both_pipelines(pipeline, celeba_dir):
+@pytest.mark.parametrize("pipeline", ["classic", "fast", "fast-fp32", "fast-bf16"])
+def test_benchmark_worker_measures_every_pipeline(pipeline, celeba_dir):
     import queue
 
     out = queue.Queue()
     helpers._bench_worker("small32", pipeline, 2, 1, 192, "cpu", out)
     result = out.get_nowait()
     assert result["img_s"] > 0 and result["peak_mb"] > 0
+    native = helpers.native_bf16("cpu")
+    expected = {"classic": "fp32", "fast-fp32": "fp32", "fast": "bf16" if native else "fp32",
+                "fast-bf16": "bf16" if native else "fp32"}[pipeline]
+    assert result["precision"] == expected
+
+
+def test_training_precision_follows_the_config_and_the_hardware(monkeypatch):
+    cfg, cpu = helpers.make_config("dcgan64"), torch.device("cpu")
+    monkeypatch.setattr(helpers, "native_bf16", lambda device_type: True)
+    assert helpers.training_precision(cfg, cpu) == "bf16"
+    assert helpers.training_precision(cfg.replace(amp=False), cpu) == "fp32"
+    monkeypatch.setattr(helpers, "native_bf16", lambda device_type: False)  # e.g. an AVX2-only CPU
+    assert helpers.training_precision(cfg, cpu) == "fp32"
 
 
 def test_step_flops_match_a_hand_count_for_the_generator_stem():
