@@ -177,7 +177,7 @@ def test_bf16_step_makes_nearly_the_fp32_update(preset, real_batches, monkeypatc
     """bf16 autocast keeps weights, optimiser and losses in fp32 and rounds only the conv and
     matmul operands to 8 mantissa bits: the update must point the same way as fp32's, at the same size."""
     fp32 = _state(preset, amp=False)
-    bf16 = _state(preset, amp=True)
+    bf16 = _state(preset, amp=True, cpu_bf16=True)
     bf16.D.load_state_dict(fp32.D.state_dict())
     bf16.G.load_state_dict(fp32.G.state_dict())
     real = real_batches[fp32.config.image_size]
@@ -244,18 +244,21 @@ def test_benchmark_worker_measures_every_pipeline(pipeline, celeba_dir):
     result = out.get_nowait()
     assert result["img_s"] > 0 and result["peak_mb"] > 0
     native = helpers.native_bf16("cpu")
-    expected = {"classic": "fp32", "fast-fp32": "fp32", "fast": "bf16" if native else "fp32",
+    expected = {"classic": "fp32", "fast-fp32": "fp32", "fast": "fp32",  # CPU default: fp32
                 "fast-bf16": "bf16" if native else "fp32"}[pipeline]
     assert result["precision"] == expected
 
 
 def test_training_precision_follows_the_config_and_the_hardware(monkeypatch):
-    cfg, cpu = helpers.make_config("dcgan64"), torch.device("cpu")
+    cfg, cpu, cuda = helpers.make_config("dcgan64"), torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(helpers, "native_bf16", lambda device_type: True)
-    assert helpers.training_precision(cfg, cpu) == "bf16"
-    assert helpers.training_precision(cfg.replace(amp=False), cpu) == "fp32"
+    assert helpers.training_precision(cfg, cuda) == "bf16"  # GPUs: bf16 by default
+    assert helpers.training_precision(cfg, cpu) == "fp32"  # CPUs: fp32 unless asked
+    assert helpers.training_precision(cfg.replace(cpu_bf16=True), cpu) == "bf16"
+    assert helpers.training_precision(cfg.replace(amp=False), cuda) == "fp32"
+    assert helpers.training_precision(cfg.replace(amp=False, cpu_bf16=True), cpu) == "fp32"
     monkeypatch.setattr(helpers, "native_bf16", lambda device_type: False)  # e.g. an AVX2-only CPU
-    assert helpers.training_precision(cfg, cpu) == "fp32"
+    assert helpers.training_precision(cfg.replace(cpu_bf16=True), cpu) == "fp32"
 
 
 def test_step_flops_match_a_hand_count_for_the_generator_stem():
@@ -263,3 +266,9 @@ def test_step_flops_match_a_hand_count_for_the_generator_stem():
     flops = helpers.step_flops(helpers.make_config("small32"), 16) / 16
     assert flops > 3 * 2 * 100 * 2048
     assert helpers.step_flops(helpers.make_config("dcgan64"), 16) / 16 > 10 * flops  # 64px nets cost far more
+
+
+def test_peak_gflops_is_a_plausible_rate():
+    # a 2-core laptop manages tens of GFLOP/s, an H100 hundreds of thousands: a wrong FLOP
+    # formula or unit would land far outside
+    assert 1 < helpers.peak_gflops(torch.device("cpu"), repeats=1) < 1e6
