@@ -986,7 +986,7 @@ def native_bf16(device_type: str) -> bool:
 def training_precision(cfg: Config, device: torch.device) -> str:
     """"bf16" (autocast, fp32 master weights) or "fp32": what ``train_step`` will use.
 
-    On a CPU, bf16 is opt-in (``cpu_bf16``): it is 1.3-1.8x faster where native, but
+    On a CPU, bf16 is opt-in (``cpu_bf16``): it is 1.2-1.8x faster where native, but
     trained ``small32`` to a measurably worse FID than fp32 (README "Speed"), so the
     default CPU path stays fp32 and computes exactly what the textbook step does.
     """
