@@ -145,9 +145,7 @@ def test_fast_step_equals_the_textbook_steps(preset, real_batches):
     assert fast.config.channels_last
     plain = helpers.make_state(fast.config.replace(channels_last=False), 100, "cpu")
     for s in (fast, plain):
-        # train_step sets the learning rates from the configuration at every step
-        s.d_opt = torch.optim.SGD(s.D.parameters(), lr=s.config.lr_d)
-        s.g_opt = torch.optim.SGD(s.G.parameters(), lr=s.config.lr_g)
+        _use_sgd(s)
     real = real_batches[fast.config.image_size]
     for _ in range(2):
         torch.manual_seed(5)
@@ -161,10 +159,15 @@ def test_fast_step_equals_the_textbook_steps(preset, real_batches):
             assert torch.allclose(p, q, atol=1e-5, rtol=1e-4), f"{name}.{key} differs"
 
 
-def _sgd_update(state: helpers.TrainState, real: torch.Tensor) -> torch.Tensor:
-    """The change of all of D's and G's parameters made by one train_step under plain SGD."""
+def _use_sgd(state: helpers.TrainState) -> None:
+    """Plain SGD applies gradients as they are (train_step sets its learning rates from the config)."""
     state.d_opt = torch.optim.SGD(state.D.parameters(), lr=state.config.lr_d)
     state.g_opt = torch.optim.SGD(state.G.parameters(), lr=state.config.lr_g)
+
+
+def _sgd_update(state: helpers.TrainState, real: torch.Tensor) -> torch.Tensor:
+    """The change of all of D's and G's parameters made by one train_step under plain SGD."""
+    _use_sgd(state)
     params = list(state.D.parameters()) + list(state.G.parameters())
     before = torch.cat([p.detach().flatten() for p in params])
     torch.manual_seed(5)
@@ -212,8 +215,9 @@ def test_fused_adam_makes_the_same_update_as_plain_adam():
 @pytest.mark.parametrize("preset", list(helpers.PRESETS))
 def test_bf16_autocast_path_runs_for_every_preset(preset, real_batches, monkeypatch):
     """The CUDA path trains under bf16 autocast; exercise the same code on the CPU's bf16 autocast."""
-    monkeypatch.setattr(helpers, "_autocast", lambda state: torch.autocast("cpu", dtype=torch.bfloat16))
-    state = _state(preset)
+    monkeypatch.setattr(helpers, "native_bf16", lambda device_type: True)  # bf16 even where emulated
+    state = _state(preset, cpu_bf16=True)
+    assert helpers.training_precision(state.config, state.device) == "bf16"
     real = real_batches[state.config.image_size]
     before = [p.detach().clone() for p in state.G.parameters()]
     for _ in range(state.config.n_critic):
