@@ -474,7 +474,13 @@ def build_image_cache(files: Sequence[Path], image_size: int, crop: int = 0,
     """
     cache_dir = Path(cache_dir or CACHE_DIR)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"faces-{image_size}px-c{crop}-{cache_key(files, image_size, crop)}.npy"
+    # The name says which images (folder and count) and preprocessing the cache is for,
+    # then the key of their exact contents: a rebuilt cache replaces the stale one of the
+    # same images instead of piling up beside it (400 MB each at 64px), while caches of
+    # other subsets or sizes are kept.
+    source = f"{Path(files[0]).parent.absolute()}|{len(files)}" if files else ""
+    prefix = f"faces-{image_size}px-c{crop}-{hashlib.sha1(source.encode()).hexdigest()[:8]}-"
+    path = cache_dir / f"{prefix}{cache_key(files, image_size, crop)}.npy"
     if not path.exists():
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         geometry = image_transform(image_size, crop, flip=False).transforms[:2]
@@ -493,7 +499,23 @@ def build_image_cache(files: Sequence[Path], image_size: int, crop: int = 0,
             os.replace(tmp, path)  # atomic: a half-written cache is never picked up
         finally:
             tmp.unlink(missing_ok=True)  # left only when decoding failed (e.g. a corrupt image)
+        prune_stale_caches(cache_dir, prefix, keep=path)
     return np.load(path, mmap_mode="r")
+
+
+def prune_stale_caches(cache_dir: Path, prefix: str, keep: Path) -> list[Path]:
+    """Delete the caches named ``prefix*.npy`` other than ``keep``: earlier versions of the same images."""
+    removed = []
+    for old in cache_dir.glob(f"{prefix}*.npy"):
+        if old != keep:
+            try:
+                old.unlink()
+                removed.append(old)
+            except OSError as e:  # e.g. still memory-mapped by a process on Windows: try next time
+                print(f"could not remove the stale image cache {old}: {e}")
+    if removed:
+        print(f"removed {len(removed)} stale image cache(s) of these images (their files changed)")
+    return removed
 
 
 class _UInt8Images(Dataset):

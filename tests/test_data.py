@@ -203,6 +203,12 @@ def test_cache_rebuilds_when_source_changes(image_folder, tmp_path):
     rebuilt = helpers.build_image_cache(files, 32, cache_dir=cache_dir, num_workers=0)
     assert rebuilt.filename != first.filename
     assert not np.array_equal(rebuilt[0], first[0]) and np.array_equal(rebuilt[1:], first[1:])
+    # the stale cache is deleted (an open memmap keeps reading it), other subsets are kept
+    assert not Path(first.filename).exists() and Path(rebuilt.filename).exists()
+    subset = helpers.build_image_cache(files[:4], 32, cache_dir=cache_dir, num_workers=0)
+    other_size = helpers.build_image_cache(files, 16, cache_dir=cache_dir, num_workers=0)
+    assert {Path(a.filename) for a in (rebuilt, subset, other_size)} == set(cache_dir.glob("*.npy"))
+    assert np.array_equal(first[1:], rebuilt[1:])
 
 
 def test_any_zip_of_faces_is_extracted_once_into_the_cache(tmp_path, monkeypatch):
