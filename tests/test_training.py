@@ -165,12 +165,12 @@ def _use_sgd(state: helpers.TrainState) -> None:
     state.g_opt = torch.optim.SGD(state.G.parameters(), lr=state.config.lr_g)
 
 
-def _sgd_update(state: helpers.TrainState, real: torch.Tensor) -> torch.Tensor:
+def _sgd_update(state: helpers.TrainState, real: torch.Tensor, seed: int = 5) -> torch.Tensor:
     """The change of all of D's and G's parameters made by one train_step under plain SGD."""
     _use_sgd(state)
     params = list(state.D.parameters()) + list(state.G.parameters())
     before = torch.cat([p.detach().flatten() for p in params])
-    torch.manual_seed(5)
+    torch.manual_seed(seed)  # the latents of the step
     helpers.train_step(state, real)
     return torch.cat([p.detach().flatten() for p in params]) - before
 
@@ -192,6 +192,23 @@ def test_bf16_step_makes_nearly_the_fp32_update(preset, real_batches, monkeypatc
     assert abs(b.norm() / a.norm() - 1) < 0.02
     # ...and that is a real difference, not the same fp32 computation twice
     assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("preset", ["small32", "dcgan64", "hinge_sn64"])
+def test_bf16_rounding_is_small_beside_minibatch_noise(preset, real_batches, monkeypatch):
+    """Every SGD step already follows a noisy estimate of the gradient: another batch of faces
+    and latents would move the weights differently.  What bf16 adds to an update must be a small
+    fraction of that difference, or it would change training beyond what reseeding does."""
+    monkeypatch.setattr(helpers, "native_bf16", lambda device_type: True)
+    fp32, other, bf16 = _state(preset, amp=False), _state(preset, amp=False), _state(preset, amp=True, cpu_bf16=True)
+    for state in (other, bf16):
+        state.D.load_state_dict(fp32.D.state_dict())
+        state.G.load_state_dict(fp32.G.state_dict())
+    real = real_batches[fp32.config.image_size]
+    a = _sgd_update(fp32, real)
+    rounding = (_sgd_update(bf16, real) - a).norm()
+    noise = (_sgd_update(other, real.flip(3), seed=6) - a).norm()  # mirrored faces, other latents
+    assert 0 < rounding < 0.2 * noise, (rounding / noise).item()
 
 
 def test_fused_adam_makes_the_same_update_as_plain_adam():
