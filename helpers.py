@@ -21,6 +21,7 @@ import http.client
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -504,9 +505,11 @@ def build_image_cache(files: Sequence[Path], image_size: int, crop: int = 0,
 
 
 def prune_stale_caches(cache_dir: Path, prefix: str, keep: Path) -> list[Path]:
-    """Delete the caches named ``prefix*.npy`` other than ``keep``: earlier versions of the same images."""
+    """Delete the caches named ``prefix*.npy`` other than ``keep`` (earlier versions of the same
+    images), and caches in the older naming without a source tag, which nothing can reach any more."""
     removed = []
-    for old in cache_dir.glob(f"{prefix}*.npy"):
+    legacy = re.compile(r"faces-\d+px-c\d+-[0-9a-f]{16}\.npy")  # named without the source tag: unreachable
+    for old in [*cache_dir.glob(f"{prefix}*.npy"), *(p for p in cache_dir.glob("faces-*.npy") if legacy.fullmatch(p.name))]:
         if old != keep:
             try:
                 old.unlink()
@@ -514,7 +517,7 @@ def prune_stale_caches(cache_dir: Path, prefix: str, keep: Path) -> list[Path]:
             except OSError as e:  # e.g. still memory-mapped by a process on Windows: try next time
                 print(f"could not remove the stale image cache {old}: {e}")
     if removed:
-        print(f"removed {len(removed)} stale image cache(s) of these images (their files changed)")
+        print(f"removed {len(removed)} stale image cache(s): {', '.join(p.name for p in removed)}")
     return removed
 
 

@@ -195,7 +195,11 @@ def test_cache_batches_flip_half_the_images(celeba_dir, tmp_path):
 def test_cache_rebuilds_when_source_changes(image_folder, tmp_path):
     cache_dir = tmp_path / "cache"
     files = helpers.list_images(image_folder)
+    legacy = cache_dir / "faces-32px-c0-0123456789abcdef.npy"  # the naming before source tags
+    cache_dir.mkdir()
+    legacy.write_bytes(b"old")
     first = helpers.build_image_cache(files, 32, cache_dir=cache_dir, num_workers=0)
+    assert not legacy.exists()
     again = helpers.build_image_cache(files, 32, cache_dir=cache_dir, num_workers=0)
     assert again.filename == first.filename  # reused
     from conftest import jpeg_bytes
