@@ -14,6 +14,7 @@ visualization, command line.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -1691,6 +1692,48 @@ def _bench_worker(preset: str, pipeline: str, steps: int, warmup: int, subset: i
                "precision": training_precision(cfg, dev)})
 
 
+def bf16_rounding_vs_batch_noise(state: TrainState, real: torch.Tensor, other_real: torch.Tensor) -> dict[str, float]:
+    """How much bf16 changes one update, next to how much another minibatch changes it.
+
+    From ``state``'s weights, one plain-SGD ``train_step`` (so the update is the
+    gradient itself) runs three times: fp32 on ``real``; bf16 on ``real`` with the
+    same latents; fp32 on ``other_real`` with other latents.  Returned, per net:
+    |bf16 - fp32| / |other batch - fp32|.  SGD already follows a noisy gradient,
+    so a ratio well below 1 means bf16 adds a small fraction of the noise that
+    training lives with anyway.  ``state`` itself is left untouched.
+    """
+    def update(amp: bool, batch: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+        s = copy.deepcopy(state)
+        s.config = s.config.replace(amp=amp, cpu_bf16=amp)
+        s.d_opt = torch.optim.SGD(s.D.parameters(), lr=s.config.lr_d)
+        s.g_opt = torch.optim.SGD(s.G.parameters(), lr=s.config.lr_g)
+        s.step, s.ema = (s.config.n_critic - 1), None  # a step that updates G as well as D
+        before = {k: torch.cat([p.detach().flatten().clone() for p in net.parameters()]) for k, net in (("D", s.D), ("G", s.G))}
+        torch.manual_seed(seed)  # the step's latents
+        train_step(s, batch)
+        return {k: torch.cat([p.detach().flatten() for p in net.parameters()]) - before[k]
+                for k, net in (("D", s.D), ("G", s.G))}
+
+    if training_precision(state.config.replace(amp=True, cpu_bf16=True), state.device) != "bf16":
+        raise RuntimeError(f"bf16 is not native on this {state.device.type}, so there is nothing to compare")
+    fp32, bf16, other = update(False, real, 0), update(True, real, 0), update(False, other_real, 1)
+    return {k: ((bf16[k] - fp32[k]).norm() / (other[k] - fp32[k]).norm()).item() for k in fp32}
+
+
+def precision_report(checkpoint: str | Path, batches: int = 4) -> dict[str, float]:
+    """Print ``bf16_rounding_vs_batch_noise`` for a trained checkpoint, averaged over a few batches."""
+    state = load_checkpoint(checkpoint, device="cpu")
+    cfg = state.config
+    data = training_batches(cfg.replace(subset=cfg.batch_size * 2 * batches, device="cpu"), "cpu")
+    it = data.epoch(0)
+    ratios = [bf16_rounding_vs_batch_noise(state, next(it), next(it)) for _ in range(batches)]
+    mean = {k: sum(r[k] for r in ratios) / len(ratios) for k in ratios[0]}
+    print(f"{checkpoint} ({cfg.preset}, step {state.step}, batch {cfg.batch_size}): "
+          "|bf16 update - fp32 update| / |update on another batch - fp32 update|: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
+    return mean
+
+
 def _run_worker(ctx, *args) -> dict:
     queue = ctx.Queue()
     proc = ctx.Process(target=_bench_worker, args=(*args, queue))
@@ -1979,10 +2022,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     p.add_argument("--repeats", type=int, default=1, help="alternate the pipelines this many times, keep the best")
     p.add_argument("--presets", action="store_true", help="instead: img/s and size of every preset")
+    p.add_argument("--precision", metavar="CHECKPOINT", default=None,
+                   help="instead: how much bf16 changes this checkpoint's updates, next to minibatch noise")
 
     args = parser.parse_args(argv)
     if args.command == "bench":
-        if args.presets:
+        if args.precision:
+            precision_report(args.precision)
+        elif args.presets:
             preset_speeds(args.quick, args.device)
         else:
             benchmark(args.quick, args.device, args.repeats)
