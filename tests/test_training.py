@@ -180,7 +180,7 @@ def test_bf16_step_makes_nearly_the_fp32_update(preset, real_batches, monkeypatc
     """bf16 autocast keeps weights, optimiser and losses in fp32 and rounds only the conv and
     matmul operands to 8 mantissa bits: the update must point the same way as fp32's, at the same size."""
     fp32 = _state(preset, amp=False)
-    bf16 = _state(preset, amp=True, cpu_bf16=True)
+    bf16 = _state(preset, amp=True)
     bf16.D.load_state_dict(fp32.D.state_dict())
     bf16.G.load_state_dict(fp32.G.state_dict())
     real = real_batches[fp32.config.image_size]
@@ -233,7 +233,7 @@ def test_fused_adam_makes_the_same_update_as_plain_adam():
 def test_bf16_autocast_path_runs_for_every_preset(preset, real_batches, monkeypatch):
     """The CUDA path trains under bf16 autocast; exercise the same code on the CPU's bf16 autocast."""
     monkeypatch.setattr(helpers, "native_bf16", lambda device_type: True)  # bf16 even where emulated
-    state = _state(preset, cpu_bf16=True)
+    state = _state(preset)
     assert helpers.training_precision(state.config, state.device) == "bf16"
     real = real_batches[state.config.image_size]
     before = [p.detach().clone() for p in state.G.parameters()]
@@ -265,21 +265,22 @@ def test_benchmark_worker_measures_every_pipeline(pipeline, celeba_dir):
     result = out.get_nowait()
     assert result["img_s"] > 0 and result["peak_mb"] > 0
     native = helpers.native_bf16("cpu")
-    expected = {"classic": "fp32", "fast-fp32": "fp32", "fast": "fp32",  # CPU default: fp32
-                "fast-bf16": "bf16" if native else "fp32"}[pipeline]
+    bf16 = "bf16" if native else "fp32"  # the default, like fast-bf16, is bf16 where the CPU has it
+    expected = {"classic": "fp32", "fast-fp32": "fp32", "fast": bf16, "fast-bf16": bf16}[pipeline]
     assert result["precision"] == expected
 
 
 def test_training_precision_follows_the_config_and_the_hardware(monkeypatch):
     cfg, cpu, cuda = helpers.make_config("dcgan64"), torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(helpers, "native_bf16", lambda device_type: True)
-    assert helpers.training_precision(cfg, cuda) == "bf16"  # GPUs: bf16 by default
-    assert helpers.training_precision(cfg, cpu) == "fp32"  # CPUs: fp32 unless asked
-    assert helpers.training_precision(cfg.replace(cpu_bf16=True), cpu) == "bf16"
-    assert helpers.training_precision(cfg.replace(amp=False), cuda) == "fp32"
-    assert helpers.training_precision(cfg.replace(amp=False, cpu_bf16=True), cpu) == "fp32"
+    assert helpers.training_precision(cfg, cuda) == "bf16"  # bf16 by default where native
+    assert helpers.training_precision(cfg, cpu) == "bf16"
+    assert helpers.training_precision(cfg.replace(amp=False), cuda) == "fp32"  # exact fp32 on request
+    assert helpers.training_precision(cfg.replace(amp=False), cpu) == "fp32"
     monkeypatch.setattr(helpers, "native_bf16", lambda device_type: False)  # e.g. an AVX2-only CPU
-    assert helpers.training_precision(cfg.replace(cpu_bf16=True), cpu) == "fp32"
+    assert helpers.training_precision(cfg, cpu) == "fp32"
+    # checkpoints written while CPUs had a separate switch still load
+    assert helpers.Config.from_dict({**cfg.to_dict(), "cpu_bf16": False}) == cfg
 
 
 def test_step_flops_match_a_hand_count_for_the_generator_stem():
