@@ -1012,12 +1012,12 @@ def training_precision(cfg: Config, device: torch.device) -> str:
     """"bf16" (autocast, fp32 master weights) or "fp32": what ``train_step`` will use.
 
     bf16 wherever the hardware runs it natively (``native_bf16``), GPU or CPU, unless
-    ``amp`` is off.  On a CPU it is 1.4-1.8x faster than fp32, and it leaves training
-    as it was (README "Speed"): its rounding changes an update by a tenth of what
-    another minibatch changes it, a run drifts from its fp32 twin exactly as fast as
-    from an fp32 copy nudged by one ulp, and over 8 seeds per precision the FIDs of
-    ``small32`` did not differ beyond seed noise.  ``amp=False`` gives exact fp32,
-    the textbook step's arithmetic.
+    ``amp`` is off.  On a CPU it is 1.3-1.6x faster than fp32, and it trains the same
+    GAN within the randomness every run has (README "Speed"): its rounding changes an
+    update by typically a tenth of what another minibatch changes it, a run drifts
+    from its fp32 twin about as fast as from an fp32 copy nudged by one ulp, and over
+    8 seeds per precision the FIDs of ``small32`` did not differ beyond seed noise.
+    ``amp=False`` gives exact fp32, the textbook step's arithmetic.
     """
     return "bf16" if cfg.amp and native_bf16(device.type) else "fp32"
 
