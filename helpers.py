@@ -1693,31 +1693,43 @@ def _bench_worker(preset: str, pipeline: str, steps: int, warmup: int, subset: i
                "precision": training_precision(cfg, dev)})
 
 
+def sgd_update(state: TrainState, real: torch.Tensor, seed: int = 0, amp: bool | None = None) -> dict[str, torch.Tensor]:
+    """The change one ``train_step`` under plain SGD would make to D's and G's parameters (flattened).
+
+    With SGD the update is the learning rate times the gradient itself, so two
+    updates can be compared directly.  ``seed`` fixes the step's latents; ``amp``
+    overrides the configuration's.  Runs on a copy: ``state`` is left untouched.
+    """
+    s = copy.deepcopy(state)
+    if amp is not None:
+        s.config = s.config.replace(amp=amp)
+    s.d_opt = torch.optim.SGD(s.D.parameters(), lr=s.config.lr_d)
+    s.g_opt = torch.optim.SGD(s.G.parameters(), lr=s.config.lr_g)
+    s.step, s.ema = s.config.n_critic - 1, None  # a step that updates G as well as D
+
+    def flat() -> dict[str, torch.Tensor]:
+        return {k: torch.cat([p.detach().flatten().clone() for p in net.parameters()]) for k, net in (("D", s.D), ("G", s.G))}
+
+    before = flat()
+    torch.manual_seed(seed)
+    train_step(s, real)
+    return {k: v - before[k] for k, v in flat().items()}
+
+
 def bf16_rounding_vs_batch_noise(state: TrainState, real: torch.Tensor, other_real: torch.Tensor) -> dict[str, float]:
     """How much bf16 changes one update, next to how much another minibatch changes it.
 
-    From ``state``'s weights, one plain-SGD ``train_step`` (so the update is the
-    gradient itself) runs three times: fp32 on ``real``; bf16 on ``real`` with the
-    same latents; fp32 on ``other_real`` with other latents.  Returned, per net:
-    |bf16 - fp32| / |other batch - fp32|.  SGD already follows a noisy gradient,
-    so a ratio well below 1 means bf16 adds a small fraction of the noise that
-    training lives with anyway.  ``state`` itself is left untouched.
+    From ``state``'s weights, one ``sgd_update`` runs three times: fp32 on ``real``;
+    bf16 on ``real`` with the same latents; fp32 on ``other_real`` with other latents.
+    Returned, per net: |bf16 - fp32| / |other batch - fp32|.  SGD already follows a
+    noisy gradient, so a ratio well below 1 means bf16 adds a small fraction of the
+    noise that training lives with anyway.
     """
-    def update(amp: bool, batch: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
-        s = copy.deepcopy(state)
-        s.config = s.config.replace(amp=amp)
-        s.d_opt = torch.optim.SGD(s.D.parameters(), lr=s.config.lr_d)
-        s.g_opt = torch.optim.SGD(s.G.parameters(), lr=s.config.lr_g)
-        s.step, s.ema = (s.config.n_critic - 1), None  # a step that updates G as well as D
-        before = {k: torch.cat([p.detach().flatten().clone() for p in net.parameters()]) for k, net in (("D", s.D), ("G", s.G))}
-        torch.manual_seed(seed)  # the step's latents
-        train_step(s, batch)
-        return {k: torch.cat([p.detach().flatten() for p in net.parameters()]) - before[k]
-                for k, net in (("D", s.D), ("G", s.G))}
-
     if training_precision(state.config.replace(amp=True), state.device) != "bf16":
         raise RuntimeError(f"bf16 is not native on this {state.device.type}, so there is nothing to compare")
-    fp32, bf16, other = update(False, real, 0), update(True, real, 0), update(False, other_real, 1)
+    fp32 = sgd_update(state, real, 0, amp=False)
+    bf16 = sgd_update(state, real, 0, amp=True)
+    other = sgd_update(state, other_real, 1, amp=False)
     return {k: ((bf16[k] - fp32[k]).norm() / (other[k] - fp32[k]).norm()).item() for k in fp32}
 
 

@@ -165,29 +165,16 @@ def _use_sgd(state: helpers.TrainState) -> None:
     state.g_opt = torch.optim.SGD(state.G.parameters(), lr=state.config.lr_g)
 
 
-def _sgd_update(state: helpers.TrainState, real: torch.Tensor, seed: int = 5) -> torch.Tensor:
-    """The change of all of D's and G's parameters made by one train_step under plain SGD."""
-    _use_sgd(state)
-    params = list(state.D.parameters()) + list(state.G.parameters())
-    before = torch.cat([p.detach().flatten() for p in params])
-    torch.manual_seed(seed)  # the latents of the step
-    helpers.train_step(state, real)
-    return torch.cat([p.detach().flatten() for p in params]) - before
-
-
 @pytest.mark.parametrize("preset", ["small32", "dcgan64", "hinge_sn64"])
 def test_bf16_step_makes_nearly_the_fp32_update(preset, real_batches, monkeypatch):
     """bf16 autocast keeps weights, optimiser and losses in fp32 and rounds only the conv and
     matmul operands to 8 mantissa bits: the update must point the same way as fp32's, at the same size."""
-    fp32 = _state(preset, amp=False)
-    bf16 = _state(preset, amp=True)
-    bf16.D.load_state_dict(fp32.D.state_dict())
-    bf16.G.load_state_dict(fp32.G.state_dict())
-    real = real_batches[fp32.config.image_size]
-    assert helpers.training_precision(fp32.config, fp32.device) == "fp32"
+    state = _state(preset)
+    real = real_batches[state.config.image_size]
+    assert helpers.training_precision(state.config.replace(amp=False), state.device) == "fp32"
     monkeypatch.setattr(helpers, "native_bf16", lambda device_type: True)  # bf16 even where emulated
-    assert helpers.training_precision(bf16.config, bf16.device) == "bf16"
-    a, b = _sgd_update(fp32, real), _sgd_update(bf16, real)
+    assert helpers.training_precision(state.config, state.device) == "bf16"
+    a, b = (torch.cat(list(helpers.sgd_update(state, real, seed=5, amp=amp).values())) for amp in (False, True))
     assert F.cosine_similarity(a.double(), b.double(), dim=0) > 0.99
     assert abs(b.norm() / a.norm() - 1) < 0.02
     # ...and that is a real difference, not the same fp32 computation twice
