@@ -1000,6 +1000,8 @@ def native_bf16(device_type: str) -> bool:
     work of an fp32 one per cycle.  Elsewhere bf16 is emulated and slower than
     fp32, so autocast stays off.
     """
+    if os.environ.get("FACEGAN_BF16", "").lower() in ("0", "false", "no", "off"):
+        return False  # run as an AVX2-only machine would: exact fp32 (how CI checks the fp32 path)
     if device_type == "cuda":  # Ampere or later; older GPUs (e.g. a T4) would only emulate bf16
         return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
     if device_type == "cpu":

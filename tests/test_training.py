@@ -38,17 +38,27 @@ def test_three_steps_on_real_faces_change_parameters(preset, real_batches):
 
 @pytest.mark.parametrize("preset", list(helpers.PRESETS))
 def test_discriminator_overfits_a_single_batch(preset, real_batches):
-    """D must learn to tell one fixed real batch from G's samples within 40 steps."""
+    """D alone must learn to tell one fixed real batch from a fixed G's samples within 40 steps.
+
+    G does not step here (n_critic is larger than the run): with G training too, D's loss after
+    40 steps at small32's lr 0.002 depends on a chaotic two-player game, and came out above or
+    below its start depending on the CPU's fp32 kernels (AVX2 against AVX-512) and on bf16.
+    With G frozen, a working D step separates the two sets by a wide margin in every precision.
+    """
     torch.manual_seed(0)
-    state = _state(preset)
+    state = _state(preset, n_critic=1000)
+    g0 = [p.detach().clone() for p in state.G.parameters()]
     real = real_batches[state.config.image_size]
     history = [helpers.train_step(state, real) for _ in range(40)]
+    assert all(torch.equal(a, b) for a, b in zip(g0, state.G.parameters()))  # G's weights never moved
     first, last = history[0], history[-10:]
     gap = sum((m["d_real"] - m["d_fake"]).item() for m in last) / len(last)
     d_loss = sum(m["d_loss"].item() for m in last) / len(last)
-    # BCE reports probabilities (gap up to 1); hinge and Wasserstein critics report raw scores.
-    assert gap > (0.3 if state.config.loss == "bce" else 1.0), gap
-    assert d_loss < first["d_loss"].item(), (d_loss, first["d_loss"].item())
+    # BCE reports probabilities (gap up to 1, 0.9 with labels 0.9; measured >= 0.89 for every
+    # preset in fp32 and bf16); hinge and Wasserstein critics report raw scores (measured > 3).
+    assert gap > (0.7 if state.config.loss == "bce" else 2.0), gap
+    # measured: each preset's loss falls by 0.8 or more (BCE from about 1.3-2.1 to under 0.45)
+    assert d_loss < first["d_loss"].item() - 0.5, (d_loss, first["d_loss"].item())
 
 
 def test_train_step_detaches_fakes_in_the_d_step(real_batches):
@@ -266,6 +276,13 @@ def test_training_precision_follows_the_config_and_the_hardware(monkeypatch):
     assert helpers.training_precision(cfg.replace(amp=False), cpu) == "fp32"
     monkeypatch.setattr(helpers, "native_bf16", lambda device_type: False)  # e.g. an AVX2-only CPU
     assert helpers.training_precision(cfg, cpu) == "fp32"
+    # FACEGAN_BF16=0 makes a bf16 machine train as an AVX2-only one does (CI checks fp32 that way)
+    monkeypatch.undo()
+    helpers.native_bf16.cache_clear()
+    monkeypatch.setenv("FACEGAN_BF16", "0")
+    assert not helpers.native_bf16("cpu") and helpers.training_precision(cfg, cpu) == "fp32"
+    helpers.native_bf16.cache_clear()
+    monkeypatch.delenv("FACEGAN_BF16")
     # checkpoints written while CPUs had a separate switch still load
     assert helpers.Config.from_dict({**cfg.to_dict(), "cpu_bf16": False}) == cfg
 
