@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -214,7 +214,7 @@ def test_discriminator_step(d_step: Callable, D: nn.Module, G: nn.Module, d_opti
         _fail("generator gradients after the D step", "none", "gradients in G",
               "call fake_images.detach() before scoring fakes in the D step, so D's loss does not "
               "backpropagate into G")
-    if all(torch.equal(a, b) for a, b in zip(before, D.parameters())):
+    if all(torch.equal(a, b) for a, b in zip(before, D.parameters(), strict=True)):
         _fail("D's parameters", "changed by the step", "unchanged", "call loss.backward() and d_optimizer.step()")
     _passed("the D step updates D and leaves G alone")
 
@@ -229,9 +229,9 @@ def test_generator_step(g_step: Callable, D: nn.Module, G: nn.Module, g_optimize
     if not math.isfinite(value) or value < 0:
         _fail("generator loss", "a finite BCE value >= 0", str(value),
               "G's loss is real_loss(D(G(z))): BCE of D's logits on the fakes against the label 1")
-    if not any(not torch.equal(a, b) for a, b in zip(g_before, G.parameters())):
+    if not any(not torch.equal(a, b) for a, b in zip(g_before, G.parameters(), strict=True)):
         _fail("G's parameters", "changed by the step", "unchanged", "call loss.backward() and g_optimizer.step()")
-    if not all(torch.equal(a, b) for a, b in zip(d_before, D.parameters())):
+    if not all(torch.equal(a, b) for a, b in zip(d_before, D.parameters(), strict=True)):
         _fail("D's parameters", "unchanged by the G step", "changed",
               "step only g_optimizer in the G step; D is updated in its own step")
     _passed("the G step updates G and leaves D alone")

@@ -15,30 +15,30 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import helpers  # noqa: E402
+from facegan import batches, config, step  # noqa: E402
 
 
 def fixed_latent_samples(preset: str, steps: int, at: list[int], variant: str) -> dict[int, torch.Tensor]:
-    cfg = helpers.make_config(preset, seed=0, amp=variant == "bf16", max_steps=steps)
-    if variant == "bf16" and helpers.training_precision(cfg, torch.device("cpu")) != "bf16":
+    cfg = config.make_config(preset, seed=0, amp=variant == "bf16", max_steps=steps)
+    if variant == "bf16" and step.training_precision(cfg, torch.device("cpu")) != "bf16":
         raise SystemExit("this CPU has no native bf16, so there is no bf16 run to compare")
-    data = helpers.training_batches(cfg, "cpu")
-    state = helpers.make_state(cfg, len(data), "cpu")
+    data = batches.training_batches(cfg, "cpu")
+    state = step.make_state(cfg, len(data), "cpu")
     state.total_steps = steps
     if variant == "nudged":
         g = torch.Generator().manual_seed(123)
         with torch.no_grad():
             for p in [*state.G.parameters(), *state.D.parameters()]:
                 p.mul_(1 + 2**-23 * torch.randn(p.shape, generator=g))
-    batches = itertools.chain.from_iterable(data.epoch(e) for e in itertools.count())
+    stream = itertools.chain.from_iterable(data.epoch(e) for e in itertools.count())
     torch.manual_seed(cfg.seed)  # the same latents in every run
     out = {}
-    for step in range(1, steps + 1):
-        helpers.train_step(state, next(batches))
-        if step in at:
+    for i in range(1, steps + 1):
+        step.train_step(state, next(stream))
+        if i in at:
             state.G.eval()
             with torch.no_grad():
-                out[step] = state.G(state.fixed_z).float()
+                out[i] = state.G(state.fixed_z).float()
             state.G.train()
     return out
 
@@ -51,7 +51,8 @@ def main() -> None:
     print(f"{'run':<18}" + "".join(f"{s:>8}" for s in at))
     for name, run in rows.items():
         print(f"{name:<18}" + "".join(f"{(run[s] - base[s]).abs().mean().item():8.3f}" for s in at))
-    print(f"{'unrelated faces':<18}" + "".join(f"{(base[s] - base[s].roll(1, 0)).abs().mean().item():8.3f}" for s in at))
+    unrelated = "".join(f"{(base[s] - base[s].roll(1, 0)).abs().mean().item():8.3f}" for s in at)
+    print(f"{'unrelated faces':<18}" + unrelated)
 
 
 if __name__ == "__main__":

@@ -14,21 +14,21 @@ import torch
 matplotlib.use("Agg")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import helpers  # noqa: E402
+from facegan import data  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def celeba_dir() -> Path:
     """The real processed CelebA folder (extracted from $CELEBA_ZIP or downloaded once)."""
-    return helpers.ensure_celeba()
+    return data.ensure_celeba()
 
 
 @pytest.fixture(scope="session")
 def celeba_batch(celeba_dir) -> torch.Tensor:
     """16 real faces at 64x64, the same every time (no flips)."""
-    files = helpers.list_images(celeba_dir)[:16]
-    tf = helpers.image_transform(64, flip=False)
-    return torch.stack([tf(helpers.read_image(f)) for f in files])
+    files = data.list_images(celeba_dir)[:16]
+    tf = data.image_transform(64, flip=False)
+    return torch.stack([tf(data.read_image(f)) for f in files])
 
 
 def jpeg_bytes(seed: int, size: tuple[int, int] = (40, 48)) -> bytes:

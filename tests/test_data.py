@@ -9,22 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import helpers
 from conftest import make_celeba_zip
 
+from facegan import batches, data
 
 # --- the real data set
 
 def test_real_set_has_the_standard_32600_images(celeba_dir):
-    files = helpers.list_images(celeba_dir)
+    files = data.list_images(celeba_dir)
     assert len(files) == 32_600
     assert all(f.suffix == ".jpg" for f in files)  # .DS_Store skipped
 
 
 @pytest.mark.parametrize("size", [32, 64])
 def test_real_batches_have_shape_and_range(celeba_dir, size):
-    loader = helpers.get_dataloader(32, size, celeba_dir)
+    loader = data.get_dataloader(32, size, celeba_dir)
     assert len(loader.dataset) == 32_600
     x = next(iter(loader))
     assert x.shape == (32, 3, size, size) and x.dtype == torch.float32
@@ -36,64 +35,64 @@ def test_full_celeba_crop_pipeline(tmp_path):
     zip_path = Path(__file__).resolve().parents[2] / "shared/data/img-align-celeba-sample.zip"
     if not zip_path.is_file():
         pytest.skip(f"{zip_path} not present")
-    folder = helpers.extract_zip(zip_path, tmp_path / "img_align_celeba")
-    assert len(helpers.list_images(folder)) == 3000
-    loader = helpers.get_dataloader(8, 64, folder, crop=160)
+    folder = data.extract_zip(zip_path, tmp_path / "img_align_celeba")
+    assert len(data.list_images(folder)) == 3000
+    loader = data.get_dataloader(8, 64, folder, crop=160)
     x = next(iter(loader))
     assert x.shape == (8, 3, 64, 64) and -1 <= x.min() < 0 < x.max() <= 1
 
 
 def test_scale_maps_unit_interval():
     x = torch.tensor([0.0, 0.25, 1.0])
-    assert torch.allclose(helpers.scale(x), torch.tensor([-1.0, -0.5, 1.0]))
-    assert torch.allclose(helpers.scale(x, (0, 255)), torch.tensor([0.0, 63.75, 255.0]))
+    assert torch.allclose(data.scale(x), torch.tensor([-1.0, -0.5, 1.0]))
+    assert torch.allclose(data.scale(x, (0, 255)), torch.tensor([0.0, 63.75, 255.0]))
 
 
 # --- folders of images
 
 def test_non_images_skipped_and_subfolders_optional(image_folder):
-    assert len(helpers.list_images(image_folder)) == 12
-    assert len(helpers.list_images(image_folder, recursive=True)) == 15
-    assert len(helpers.FaceImages(image_folder, recursive=True)) == 15
+    assert len(data.list_images(image_folder)) == 12
+    assert len(data.list_images(image_folder, recursive=True)) == 15
+    assert len(data.FaceImages(image_folder, recursive=True)) == 15
 
 
 def test_unreadable_image_error_names_the_file(image_folder):
     bad = image_folder / "005.jpg"
     bad.write_bytes(b"this is not a jpeg")
-    ds = helpers.FaceImages(image_folder, helpers.image_transform(32))
-    with pytest.raises(helpers.DataError, match="005.jpg"):
+    ds = data.FaceImages(image_folder, data.image_transform(32))
+    with pytest.raises(data.DataError, match="005.jpg"):
         ds[5]
 
 
 def test_missing_folder_error_is_clear(tmp_path):
-    with pytest.raises(helpers.DataError, match="does not exist"):
-        helpers.FaceImages(tmp_path / "nope")
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.FaceImages(tmp_path / "nope")
 
 
 # --- acquisition
 
 def test_local_zip_is_extracted(tmp_path):
     archive = make_celeba_zip(tmp_path / "processed-celeba-small.zip", n=10)
-    folder = helpers.ensure_celeba(archive, data_dir=tmp_path / "processed_celeba_small")
+    folder = data.ensure_celeba(archive, data_dir=tmp_path / "processed_celeba_small")
     assert folder == tmp_path / "processed_celeba_small" / "celeba"
-    assert len(helpers.list_images(folder)) == 10
+    assert len(data.list_images(folder)) == 10
     assert not list(tmp_path.glob(".*partial*"))  # the temporary folder is gone
 
 
 def test_local_zip_from_environment_variable(tmp_path, monkeypatch):
     archive = make_celeba_zip(tmp_path / "x.zip", n=4)
-    monkeypatch.setenv(helpers.DATA_ENV, str(archive))
-    folder = helpers.ensure_celeba(data_dir=tmp_path / "data")
-    assert len(helpers.list_images(folder)) == 4
+    monkeypatch.setenv(data.DATA_ENV, str(archive))
+    folder = data.ensure_celeba(data_dir=tmp_path / "data")
+    assert len(data.list_images(folder)) == 4
 
 
 def test_present_folder_is_used_without_any_source(tmp_path):
     archive = make_celeba_zip(tmp_path / "a.zip", n=3)
     data_dir = tmp_path / "processed_celeba_small"
-    helpers.ensure_celeba(archive, data_dir=data_dir)
+    data.ensure_celeba(archive, data_dir=data_dir)
     archive.unlink()
     # The source no longer exists: if ensure_celeba touched it, this would fail.
-    assert len(helpers.list_images(helpers.ensure_celeba(archive, data_dir=data_dir))) == 3
+    assert len(data.list_images(data.ensure_celeba(archive, data_dir=data_dir))) == 3
 
 
 @pytest.mark.parametrize("content", [b"not a zip at all", "truncated"])
@@ -105,15 +104,15 @@ def test_bad_zip_gives_clear_error_and_leaves_nothing(tmp_path, content):
     else:
         archive.write_bytes(content)
     data_dir = tmp_path / "processed_celeba_small"
-    with pytest.raises(helpers.DataError, match="not a zip|corrupt"):
-        helpers.ensure_celeba(archive, data_dir=data_dir)
+    with pytest.raises(data.DataError, match="not a zip|corrupt"):
+        data.ensure_celeba(archive, data_dir=data_dir)
     assert not data_dir.exists()
     assert not list(tmp_path.glob(".*partial*"))
 
 
 def test_missing_local_zip_names_the_variable(tmp_path):
-    with pytest.raises(helpers.DataError, match=helpers.DATA_ENV):
-        helpers.ensure_celeba(tmp_path / "missing.zip", data_dir=tmp_path / "d")
+    with pytest.raises(data.DataError, match=data.DATA_ENV):
+        data.ensure_celeba(tmp_path / "missing.zip", data_dir=tmp_path / "d")
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -153,15 +152,15 @@ def http_server(tmp_path):
 
 def test_download_from_local_server(tmp_path, http_server):
     data_dir = tmp_path / "proj" / "processed_celeba_small"
-    folder = helpers.ensure_celeba(http_server(), data_dir=data_dir)
-    assert len(helpers.list_images(folder)) == 7
+    folder = data.ensure_celeba(http_server(), data_dir=data_dir)
+    assert len(data.list_images(folder)) == 7
     assert not list((tmp_path / "proj").glob("*.zip*"))  # the archive is removed after extraction
 
 
 def test_truncated_download_is_reported_and_removed(tmp_path, http_server):
     data_dir = tmp_path / "proj" / "processed_celeba_small"
-    with pytest.raises(helpers.DataError, match="truncated"):
-        helpers.ensure_celeba(http_server(truncate=True), data_dir=data_dir)
+    with pytest.raises(data.DataError, match="truncated"):
+        data.ensure_celeba(http_server(truncate=True), data_dir=data_dir)
     assert not data_dir.exists()
     assert not list((tmp_path / "proj").glob("*.zip*"))
 
@@ -169,20 +168,20 @@ def test_truncated_download_is_reported_and_removed(tmp_path, http_server):
 # --- the fast path: uint8 cache
 
 def test_cache_yields_exactly_the_decoded_images(celeba_dir, tmp_path):
-    files = helpers.list_images(celeba_dir)[:64]
+    files = data.list_images(celeba_dir)[:64]
     for size in (32, 64):
-        cache = helpers.build_image_cache(files, size, cache_dir=tmp_path)
-        fast = helpers.uint8_to_model_range(torch.from_numpy(np.array(cache[:64])))
-        tf = helpers.image_transform(size, flip=False)
-        plain = torch.stack([tf(helpers.read_image(f)) for f in files])
+        cache = batches.build_image_cache(files, size, cache_dir=tmp_path)
+        fast = batches.uint8_to_model_range(torch.from_numpy(np.array(cache[:64])))
+        tf = data.image_transform(size, flip=False)
+        plain = torch.stack([tf(data.read_image(f)) for f in files])
         assert torch.equal(fast, plain)
 
 
 def test_cache_batches_flip_half_the_images(celeba_dir, tmp_path):
-    files = helpers.list_images(celeba_dir)[:512]
-    cache = helpers.build_image_cache(files, 32, cache_dir=tmp_path)
-    flat = helpers.CachedBatches(cache, 512, seed=0, flip=False)
-    flipped = helpers.CachedBatches(cache, 512, seed=0, flip=True)
+    files = data.list_images(celeba_dir)[:512]
+    cache = batches.build_image_cache(files, 32, cache_dir=tmp_path)
+    flat = batches.CachedBatches(cache, 512, seed=0, flip=False)
+    flipped = batches.CachedBatches(cache, 512, seed=0, flip=True)
     a, b = next(flat.epoch(0)), next(flipped.epoch(0))
     is_flipped = (a != b).flatten(1).any(1)
     assert torch.equal(b[is_flipped], a[is_flipped].flip(3))
@@ -194,46 +193,47 @@ def test_cache_batches_flip_half_the_images(celeba_dir, tmp_path):
 
 def test_cache_rebuilds_when_source_changes(image_folder, tmp_path):
     cache_dir = tmp_path / "cache"
-    files = helpers.list_images(image_folder)
+    files = data.list_images(image_folder)
     legacy = cache_dir / "faces-32px-c0-0123456789abcdef.npy"  # the naming before source tags
     cache_dir.mkdir()
     legacy.write_bytes(b"old")
-    first = helpers.build_image_cache(files, 32, cache_dir=cache_dir, num_workers=0)
+    first = batches.build_image_cache(files, 32, cache_dir=cache_dir, num_workers=0)
     assert not legacy.exists()
-    again = helpers.build_image_cache(files, 32, cache_dir=cache_dir, num_workers=0)
+    again = batches.build_image_cache(files, 32, cache_dir=cache_dir, num_workers=0)
     assert again.filename == first.filename  # reused
     from conftest import jpeg_bytes
     files[0].write_bytes(jpeg_bytes(999, size=(50, 50)))  # rewrite one image
-    rebuilt = helpers.build_image_cache(files, 32, cache_dir=cache_dir, num_workers=0)
+    rebuilt = batches.build_image_cache(files, 32, cache_dir=cache_dir, num_workers=0)
     assert rebuilt.filename != first.filename
     assert not np.array_equal(rebuilt[0], first[0]) and np.array_equal(rebuilt[1:], first[1:])
     # the stale cache is deleted (an open memmap keeps reading it), other subsets are kept
     assert not Path(first.filename).exists() and Path(rebuilt.filename).exists()
-    subset = helpers.build_image_cache(files[:4], 32, cache_dir=cache_dir, num_workers=0)
-    other_size = helpers.build_image_cache(files, 16, cache_dir=cache_dir, num_workers=0)
+    subset = batches.build_image_cache(files[:4], 32, cache_dir=cache_dir, num_workers=0)
+    other_size = batches.build_image_cache(files, 16, cache_dir=cache_dir, num_workers=0)
     assert {Path(a.filename) for a in (rebuilt, subset, other_size)} == set(cache_dir.glob("*.npy"))
     assert np.array_equal(first[1:], rebuilt[1:])
 
 
 def test_any_zip_of_faces_is_extracted_once_into_the_cache(tmp_path, monkeypatch):
     import zipfile
+
     from conftest import jpeg_bytes
 
-    monkeypatch.setattr(helpers, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setenv("FACEGAN_CACHE", str(tmp_path / "cache"))
     archive = tmp_path / "my-faces.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for i in range(5):
             zf.writestr(f"img_align_celeba/{i:06d}.jpg", jpeg_bytes(i, size=(178, 218)))
-    folder = helpers.resolve_image_dir(str(archive))
-    assert folder.is_relative_to(tmp_path / "cache") and len(helpers.list_images(folder)) == 5
+    folder = data.resolve_image_dir(str(archive))
+    assert folder.is_relative_to(tmp_path / "cache") and len(data.list_images(folder)) == 5
     archive.unlink()  # already extracted: the archive is not needed again
-    assert helpers.resolve_image_dir(str(tmp_path / "my-faces.zip")) == folder
-    x = next(iter(helpers.get_dataloader(4, 64, folder, crop=160)))
+    assert data.resolve_image_dir(str(tmp_path / "my-faces.zip")) == folder
+    x = next(iter(data.get_dataloader(4, 64, folder, crop=160)))
     assert x.shape == (4, 3, 64, 64)
 
 
 def test_failed_cache_build_leaves_no_partial_file(image_folder, tmp_path):
     (image_folder / "003.jpg").write_bytes(b"broken")
-    with pytest.raises(helpers.DataError, match="003.jpg"):
-        helpers.build_image_cache(helpers.list_images(image_folder), 32, cache_dir=tmp_path / "cache", num_workers=0)
+    with pytest.raises(data.DataError, match="003.jpg"):
+        batches.build_image_cache(data.list_images(image_folder), 32, cache_dir=tmp_path / "cache", num_workers=0)
     assert list((tmp_path / "cache").iterdir()) == []

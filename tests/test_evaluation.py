@@ -9,17 +9,17 @@ import pytest
 import torch
 import torch.nn as nn
 
-import helpers
+from facegan import batches, checkpoint, cli, config, data, evaluation, models, plots, sampling, train
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/fid/inception-2015-12-05-fid-weights.pth"
 
 
 @pytest.fixture(scope="module")
 def inception():
-    path = os.environ.get(helpers.FID_WEIGHTS_ENV) or (SHARED_WEIGHTS if SHARED_WEIGHTS.is_file() else None)
+    path = os.environ.get(evaluation.FID_WEIGHTS_ENV) or (SHARED_WEIGHTS if SHARED_WEIGHTS.is_file() else None)
     if path is None and os.environ.get("CI"):
-        pytest.fail(f"set {helpers.FID_WEIGHTS_ENV} to the local FID weights")
-    return helpers.inception_extractor(path)  # downloads on a user's machine when path is None
+        pytest.fail(f"set {evaluation.FID_WEIGHTS_ENV} to the local FID weights")
+    return evaluation.inception_extractor(path)  # downloads on a user's machine when path is None
 
 
 class CountingExtractor(nn.Module):
@@ -36,10 +36,10 @@ class CountingExtractor(nn.Module):
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_with_noise_large(celeba_dir, inception):
-    real = helpers.real_features(24, 32, inception)
-    noise = helpers.inception_features(torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8), inception)
-    same = helpers.fid_kid(real, real, kid_subset=12)
-    other = helpers.fid_kid(real, noise, kid_subset=12)
+    real = evaluation.real_features(24, 32, inception)
+    noise = evaluation.inception_features(torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8), inception)
+    same = evaluation.fid_kid(real, real, kid_subset=12)
+    other = evaluation.fid_kid(real, noise, kid_subset=12)
     assert abs(same["fid"]) < 1e-2
     assert other["fid"] > 200
     assert other["kid"] > same["kid"] + 0.1  # KID agrees in direction
@@ -47,67 +47,67 @@ def test_fid_of_a_set_with_itself_is_zero_and_with_noise_large(celeba_dir, incep
 
 def test_real_features_are_cached_and_recomputed_when_data_changes(image_folder, tmp_path):
     extractor = CountingExtractor()
-    first = helpers.real_features(8, 32, extractor, data=str(image_folder), cache_dir=tmp_path)
+    first = evaluation.real_features(8, 32, extractor, data=str(image_folder), cache_dir=tmp_path)
     assert extractor.seen == 8 and first.shape == (8, 16)
-    again = helpers.real_features(8, 32, extractor, data=str(image_folder), cache_dir=tmp_path)
+    again = evaluation.real_features(8, 32, extractor, data=str(image_folder), cache_dir=tmp_path)
     assert extractor.seen == 8  # the cache was hit: no image went through the extractor
     assert torch.equal(first, again)
-    helpers.real_features(8, 64, extractor, data=str(image_folder), cache_dir=tmp_path)
+    evaluation.real_features(8, 64, extractor, data=str(image_folder), cache_dir=tmp_path)
     assert extractor.seen == 16  # another resolution is another entry
     (image_folder / "000.jpg").unlink()
-    helpers.real_features(8, 32, extractor, data=str(image_folder), cache_dir=tmp_path)
+    evaluation.real_features(8, 32, extractor, data=str(image_folder), cache_dir=tmp_path)
     assert extractor.seen == 24  # the data changed: recomputed
     with pytest.raises(ValueError, match="holds 11"):
-        helpers.real_features(50, 32, extractor, data=str(image_folder), cache_dir=tmp_path)
+        evaluation.real_features(50, 32, extractor, data=str(image_folder), cache_dir=tmp_path)
 
 
 def test_sample_writes_n_readable_pngs(tmp_path):
     from PIL import Image
 
-    cfg = helpers.make_config("small32")
-    _, G = helpers.build_models(cfg)
-    paths = helpers.write_samples(G, cfg, 7, tmp_path / "png", seed=1)
+    cfg = config.make_config("small32")
+    _, G = models.build_models(cfg)
+    paths = sampling.write_samples(G, cfg, 7, tmp_path / "png", seed=1)
     assert len(paths) == len(list((tmp_path / "png").glob("*.png"))) == 7
     for p in paths:
         with Image.open(p) as img:
             assert img.size == (32, 32) and img.mode == "RGB"
-    again = helpers.write_samples(G, cfg, 7, tmp_path / "png2", seed=1)
-    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(paths, again))  # seeded
+    again = sampling.write_samples(G, cfg, 7, tmp_path / "png2", seed=1)
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(paths, again, strict=True))  # seeded
 
 
 def test_cli_sample_and_fid(image_folder, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(helpers, "CACHE_DIR", tmp_path / "cache")
-    cfg = helpers.make_config("small32", batch_size=4, data=str(image_folder), max_steps=1)
-    state = helpers.train(cfg, tmp_path, progress=False)
-    gen = helpers.export_generator(state, tmp_path / "g.pt")
-    assert helpers.main(["sample", "--generator", str(gen), "--n", "5", "--out", str(tmp_path / "s")]) == 0
+    monkeypatch.setenv("FACEGAN_CACHE", str(tmp_path / "cache"))
+    cfg = config.make_config("small32", batch_size=4, data=str(image_folder), max_steps=1)
+    state = train.train(cfg, tmp_path, progress=False)
+    gen = checkpoint.export_generator(state, tmp_path / "g.pt")
+    assert cli.main(["sample", "--generator", str(gen), "--n", "5", "--out", str(tmp_path / "s")]) == 0
     assert len(list((tmp_path / "s").glob("*.png"))) == 5
-    helpers.main(["sample", "--generator", str(gen), "--n", "4", "--out", str(tmp_path / "r"), "--real"])
+    cli.main(["sample", "--generator", str(gen), "--n", "4", "--out", str(tmp_path / "r"), "--real"])
     assert len(list((tmp_path / "r").glob("*.png"))) == 4
-    monkeypatch.setattr(helpers, "inception_extractor", lambda *a, **k: CountingExtractor())
-    helpers.main(["fid", "--generator", str(gen), "--n", "6"])
+    monkeypatch.setattr(evaluation, "inception_extractor", lambda *a, **k: CountingExtractor())
+    cli.main(["fid", "--generator", str(gen), "--n", "6"])
     assert "FID-6" in capsys.readouterr().out
 
 
 def test_fid_tracking_during_training(image_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(helpers, "inception_extractor", lambda *a, **k: CountingExtractor())
-    monkeypatch.setattr(helpers, "CACHE_DIR", tmp_path / "cache")
-    cfg = helpers.make_config("small32", batch_size=4, data=str(image_folder), max_steps=4, fid_every=2,
+    monkeypatch.setattr(train, "inception_extractor", lambda *a, **k: CountingExtractor())
+    monkeypatch.setenv("FACEGAN_CACHE", str(tmp_path / "cache"))
+    cfg = config.make_config("small32", batch_size=4, data=str(image_folder), max_steps=4, fid_every=2,
                               fid_samples=8)
-    state = helpers.train(cfg, tmp_path / "run", progress=False)
+    state = train.train(cfg, tmp_path / "run", progress=False)
     assert state.history["fid_step"] == [2, 4] and all(np.isfinite(state.history["fid"]))
-    assert len(helpers.plot_losses(state.history).axes) == 3  # FID beside the losses
+    assert len(plots.plot_losses(state.history).axes) == 3  # FID beside the losses
 
 
 def test_exported_generator_is_half_precision_and_loads(celeba_dir, tmp_path):
-    state = helpers.train(helpers.make_config("small32", batch_size=8, subset=16, max_steps=1, ema_decay=0.9),
+    state = train.train(config.make_config("small32", batch_size=8, subset=16, max_steps=1, ema_decay=0.9),
                           tmp_path, progress=False)
-    path = helpers.export_generator(state, tmp_path / "g.pt")
+    path = checkpoint.export_generator(state, tmp_path / "g.pt")
     saved = torch.load(path, weights_only=False)
     assert all(v.dtype == torch.float16 for v in saved["G"].values() if v.is_floating_point())
-    G, cfg = helpers.load_generator(path)
+    G, cfg = checkpoint.load_generator(path)
     z = state.fixed_z[:4]
-    assert torch.allclose(G(z), helpers.generate(state.sampler, z), atol=2e-2)  # fp16 rounding only
+    assert torch.allclose(G(z), sampling.generate(state.sampler, z), atol=2e-2)  # fp16 rounding only
 
 
 # --- latent explorer callbacks
@@ -115,44 +115,45 @@ def test_exported_generator_is_half_precision_and_loads(celeba_dir, tmp_path):
 @pytest.fixture(scope="module")
 def small_g():
     torch.manual_seed(0)
-    cfg = helpers.make_config("small32")
-    return helpers.build_models(cfg)[1].eval(), cfg
+    cfg = config.make_config("small32")
+    return models.build_models(cfg)[1].eval(), cfg
 
 
 def test_face_for_seed_is_deterministic(small_g):
     G, cfg = small_g
-    a, b, c = (helpers.face_for_seed(G, cfg, s) for s in (3, 3, 4))
+    a, b, c = (sampling.face_for_seed(G, cfg, s) for s in (3, 3, 4))
     assert a.shape == (32, 32, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
 def test_interpolation_ends_at_the_two_seeds(small_g):
     G, cfg = small_g
-    start = helpers.interpolate_faces(G, cfg, 1, 2, 0.0)
-    end = helpers.interpolate_faces(G, cfg, 1, 2, 1.0)
-    mid = helpers.interpolate_faces(G, cfg, 1, 2, 0.5)
-    assert np.array_equal(start, helpers.face_for_seed(G, cfg, 1))
-    assert np.abs(end.astype(int) - helpers.face_for_seed(G, cfg, 2).astype(int)).max() <= 1
+    start = sampling.interpolate_faces(G, cfg, 1, 2, 0.0)
+    end = sampling.interpolate_faces(G, cfg, 1, 2, 1.0)
+    mid = sampling.interpolate_faces(G, cfg, 1, 2, 0.5)
+    assert np.array_equal(start, sampling.face_for_seed(G, cfg, 1))
+    assert np.abs(end.astype(int) - sampling.face_for_seed(G, cfg, 2).astype(int)).max() <= 1
     assert not np.array_equal(mid, start) and not np.array_equal(mid, end)
 
 
 def test_slerp_keeps_the_norm_between_equal_norm_endpoints():
     z0, z1 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
-    mid = helpers.slerp(z0, z1, 0.5)
+    mid = sampling.slerp(z0, z1, 0.5)
     assert torch.allclose(mid, torch.tensor([0.5**0.5, 0.5**0.5]))
-    assert torch.allclose(helpers.slerp(z0, z1, 0.0), z0) and torch.allclose(helpers.slerp(z0, z1, 1.0), z1, atol=1e-6)
+    assert torch.allclose(sampling.slerp(z0, z1, 0.0), z0)
+    assert torch.allclose(sampling.slerp(z0, z1, 1.0), z1, atol=1e-6)
 
 
 def test_truncation_bounds_the_latent():
-    cfg = helpers.make_config("dcgan64")
-    z = helpers.truncated_latent(500, cfg, truncation=0.5, seed=0)
+    cfg = config.make_config("dcgan64")
+    z = sampling.truncated_latent(500, cfg, truncation=0.5, seed=0)
     assert z.shape == (500, 128, 1, 1) and z.abs().max() <= 0.5
-    assert helpers.truncated_latent(500, cfg, 0.0, seed=0).abs().max() > 2
+    assert sampling.truncated_latent(500, cfg, 0.0, seed=0).abs().max() > 2
 
 
 # --- the shipped generators
 
-SHIPPED = sorted((Path(helpers.PROJECT_ROOT) / "assets").glob("generator_*.pt"))
+SHIPPED = sorted((Path(config.PROJECT_ROOT) / "assets").glob("generator_*.pt"))
 
 
 def test_a_generator_is_shipped():
@@ -162,13 +163,13 @@ def test_a_generator_is_shipped():
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_generator_is_small_and_draws_faces(path, celeba_dir):
     assert path.stat().st_size < 5 * 2**20  # a few MB at most
-    G, cfg = helpers.load_generator(path)
-    images = helpers.generate(G, helpers.truncated_latent(64, cfg, seed=0))
+    G, cfg = checkpoint.load_generator(path)
+    images = sampling.generate(G, sampling.truncated_latent(64, cfg, seed=0))
     assert images.shape == (64, 3, cfg.image_size, cfg.image_size)
     assert images.std(0).mean() > 0.15  # varied: no mode collapse
     # The average face of G looks like the average real face (a cheap check that G draws faces).
-    files = helpers.list_images(celeba_dir)[:512]
-    real = helpers.build_image_cache(files, cfg.image_size)
-    real_mean = helpers.uint8_to_model_range(torch.from_numpy(np.array(real))).mean(0)
+    files = data.list_images(celeba_dir)[:512]
+    real = batches.build_image_cache(files, cfg.image_size)
+    real_mean = batches.uint8_to_model_range(torch.from_numpy(np.array(real))).mean(0)
     corr = torch.corrcoef(torch.stack([images.mean(0).flatten(), real_mean.flatten()]))[0, 1]
     assert corr > 0.8, corr

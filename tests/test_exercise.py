@@ -12,13 +12,14 @@ import torch
 
 import helpers
 import problem_unittests
+from facegan import config, exercise, models, step
 
-ROOT = Path(helpers.PROJECT_ROOT)
+ROOT = Path(config.PROJECT_ROOT)
 SOLUTION, EXERCISE = ROOT / "face_generation.ipynb", ROOT / "face_generation_exercise.ipynb"
 
 
 def test_committed_exercise_is_up_to_date(tmp_path):
-    fresh = helpers.make_exercise_notebook(SOLUTION, tmp_path / "exercise.ipynb")
+    fresh = exercise.make_exercise_notebook(SOLUTION, tmp_path / "exercise.ipynb")
     assert fresh.read_text() == EXERCISE.read_text(), \
         "face_generation_exercise.ipynb is stale: run `python helpers.py exercise` and commit it"
 
@@ -26,7 +27,7 @@ def test_committed_exercise_is_up_to_date(tmp_path):
 def test_exercise_has_no_solutions_and_no_outputs():
     nb = nbformat.read(EXERCISE, as_version=4)
     sources = "\n".join(c.source for c in nb.cells)
-    assert helpers.BEGIN_SOLUTION not in sources and "from helpers import" not in sources
+    assert exercise.BEGIN_SOLUTION not in sources and "from helpers import" not in sources
     assert sources.count("raise NotImplementedError") >= 10
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
 
@@ -35,13 +36,13 @@ def _exercise_cells(path: Path) -> list[str]:
     """The code cells that hold a solution region (or its scaffold) and its checks."""
     nb = nbformat.read(path, as_version=4)
     return [c.source for c in nb.cells if c.cell_type == "code" and "tests.test_" in c.source
-            and (helpers.BEGIN_SOLUTION in c.source or "Your code goes here" in c.source)]
+            and (exercise.BEGIN_SOLUTION in c.source or "Your code goes here" in c.source)]
 
 
 def _namespace(celeba_batch) -> dict:
     """What the notebook has defined by the time it reaches the exercise cells."""
-    cfg = helpers.make_config("small32")
-    D, G = helpers.build_models(cfg)
+    cfg = config.make_config("small32")
+    D, G = models.build_models(cfg)
     images = torch.nn.functional.interpolate(celeba_batch, size=32, mode="area")
     return {"torch": torch, "helpers": helpers, "tests": problem_unittests, "cfg": cfg, "D": D, "G": G,
             "images": images}
@@ -51,7 +52,7 @@ def test_scaffolds_fail_with_helpful_messages(celeba_batch):
     cells = _exercise_cells(EXERCISE)
     assert len(cells) == 7
     ns = _namespace(celeba_batch)
-    ns["d_optimizer"], ns["g_optimizer"] = helpers.make_optimizers(ns["D"], ns["G"], ns["cfg"])
+    ns["d_optimizer"], ns["g_optimizer"] = step.make_optimizers(ns["D"], ns["G"], ns["cfg"])
     for source in cells:
         with pytest.raises(problem_unittests.CheckFailed, match="not implemented yet") as info:
             exec(compile(source, "<exercise cell>", "exec"), dict(ns))

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-import helpers
 import problem_unittests as checks
+from facegan import config, losses, models
 
 
 def conv(i, o, bias=False):  # 4x4 kernels everywhere
@@ -47,16 +47,16 @@ EXPECTED_PARAMS["hinge_sn64"] = (
 
 
 def test_every_preset_has_expected_counts():
-    assert set(EXPECTED_PARAMS) == set(helpers.PRESETS)
+    assert set(EXPECTED_PARAMS) == set(config.PRESETS)
 
 
-@pytest.mark.parametrize("preset", list(helpers.PRESETS))
+@pytest.mark.parametrize("preset", list(config.PRESETS))
 def test_preset_shapes_and_parameter_counts(preset):
-    cfg = helpers.make_config(preset)
-    D, G = helpers.build_models(cfg)
-    assert (helpers.count_parameters(D), helpers.count_parameters(G)) == EXPECTED_PARAMS[preset]
-    z = helpers.sample_latent(5, cfg)
-    assert z.shape == ((5, cfg.z_size) if cfg.arch == "fc" else (5, cfg.z_size, 1, 1))
+    cfg = config.make_config(preset)
+    D, G = models.build_models(cfg)
+    assert (models.count_parameters(D), models.count_parameters(G)) == EXPECTED_PARAMS[preset]
+    z = models.sample_latent(5, cfg)
+    assert z.shape == ((5, cfg.z_size) if cfg.arch == "linear-stem" else (5, cfg.z_size, 1, 1))
     images = G(z)
     assert images.shape == (5, 3, cfg.image_size, cfg.image_size)
     assert images.abs().max() <= 1
@@ -64,14 +64,14 @@ def test_preset_shapes_and_parameter_counts(preset):
 
 
 def test_classic_call_signatures():
-    assert helpers.Discriminator(32)(torch.randn(4, 3, 32, 32)).shape == (4, 1)
-    assert helpers.Generator(100, 32)(torch.randn(4, 100)).shape == (4, 3, 32, 32)
-    assert helpers.DCGANGenerator(128, 64)(torch.randn(4, 128, 1, 1)).shape == (4, 3, 64, 64)
-    assert helpers.DCGANDiscriminator(64)(torch.randn(4, 3, 64, 64)).shape == (4, 1)
+    assert models.Discriminator(32)(torch.randn(4, 3, 32, 32)).shape == (4, 1)
+    assert models.Generator(100, 32)(torch.randn(4, 100)).shape == (4, 3, 32, 32)
+    assert models.DCGANGenerator(128, 64)(torch.randn(4, 128, 1, 1)).shape == (4, 3, 64, 64)
+    assert models.DCGANDiscriminator(64)(torch.randn(4, 3, 64, 64)).shape == (4, 1)
 
 
 def test_dcgan_rules_hold():
-    D, G = helpers.build_models(helpers.make_config("dcgan64"))
+    D, G = models.build_models(config.make_config("dcgan64"))
     kinds = {type(m) for m in D.modules()}
     assert nn.MaxPool2d not in kinds and nn.Sigmoid not in kinds and nn.BatchNorm2d in kinds
     assert all(m.negative_slope == 0.2 for m in D.modules() if isinstance(m, nn.LeakyReLU))
@@ -80,19 +80,19 @@ def test_dcgan_rules_hold():
 
 
 def test_improved_and_stabilised_variants_differ_where_they_should():
-    imp_D, imp_G = helpers.build_models(helpers.make_config("improved64"))
+    imp_D, imp_G = models.build_models(config.make_config("improved64"))
     assert any(isinstance(m, nn.Dropout) for m in imp_D.modules())
     assert any(isinstance(m, nn.LeakyReLU) for m in imp_G.modules())
-    wgan_D, _ = helpers.build_models(helpers.make_config("wgangp64"))
+    wgan_D, _ = models.build_models(config.make_config("wgangp64"))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in wgan_D.modules())
-    sn_D, _ = helpers.build_models(helpers.make_config("hinge_sn64"))
+    sn_D, _ = models.build_models(config.make_config("hinge_sn64"))
     convs = [m for m in sn_D.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == 5 and all(hasattr(m, "parametrizations") for m in convs)
 
 
 def test_init_statistics():
     torch.manual_seed(0)
-    D, G = helpers.build_models(helpers.make_config("dcgan64"))
+    D, G = models.build_models(config.make_config("dcgan64"))
     for m in list(D.modules()) + list(G.modules()):
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.weight.numel() > 10_000:
             assert abs(m.weight.mean().item()) < 1e-3 and abs(m.weight.std().item() - 0.02) < 1e-3
@@ -100,11 +100,11 @@ def test_init_statistics():
             assert torch.all(m.bias == 0)
         if isinstance(m, nn.BatchNorm2d) and m.num_features >= 256:
             assert abs(m.weight.mean().item() - 1) < 5e-3 and torch.all(m.bias == 0)
-    checks.test_weights_init(helpers.weights_init_normal)
+    checks.test_weights_init(models.weights_init_normal)
 
 
 def test_spectral_norm_init_sets_the_raw_weight():
-    D, _ = helpers.build_models(helpers.make_config("hinge_sn64"))
+    D, _ = models.build_models(config.make_config("hinge_sn64"))
     raw = D.net[2].parametrizations.weight.original
     assert abs(raw.std().item() - 0.02) < 2e-3
 
@@ -113,32 +113,32 @@ def test_spectral_norm_init_sets_the_raw_weight():
 
 def test_bce_losses_known_values():
     zero = torch.zeros(4, 1)
-    assert helpers.real_loss(zero).item() == pytest.approx(math.log(2))
-    assert helpers.fake_loss(zero).item() == pytest.approx(math.log(2))
+    assert losses.real_loss(zero).item() == pytest.approx(math.log(2))
+    assert losses.fake_loss(zero).item() == pytest.approx(math.log(2))
     five = torch.full((4, 1), 5.0)
     sp = math.log1p(math.exp(-5))  # softplus(-5) = -log sigmoid(5)
-    assert helpers.real_loss(five).item() == pytest.approx(sp, rel=1e-5)
-    assert helpers.real_loss(five, smooth=True).item() == pytest.approx(0.9 * sp + 0.1 * (5 + sp), rel=1e-5)
-    assert helpers.real_loss(five, smooth=0.8).item() == pytest.approx(0.8 * sp + 0.2 * (5 + sp), rel=1e-5)
-    assert helpers.fake_loss(-five).item() == pytest.approx(sp, rel=1e-5)
-    checks.test_losses(helpers.real_loss, helpers.fake_loss)
+    assert losses.real_loss(five).item() == pytest.approx(sp, rel=1e-5)
+    assert losses.real_loss(five, smooth=True).item() == pytest.approx(0.9 * sp + 0.1 * (5 + sp), rel=1e-5)
+    assert losses.real_loss(five, smooth=0.8).item() == pytest.approx(0.8 * sp + 0.2 * (5 + sp), rel=1e-5)
+    assert losses.fake_loss(-five).item() == pytest.approx(sp, rel=1e-5)
+    checks.test_losses(losses.real_loss, losses.fake_loss)
 
 
 def test_random_real_labels_stay_in_range():
     torch.manual_seed(0)
     # At logit 0, BCE = log 2 whatever the label; at a large logit L, BCE ~ (1 - y) * L, so it reveals mean(y).
     big = torch.full((20_000, 1), 20.0)
-    mean_label = 1 - helpers.real_loss(big, smooth=(0.7, 1.2)).item() / 20
+    mean_label = 1 - losses.real_loss(big, smooth=(0.7, 1.2)).item() / 20
     assert mean_label == pytest.approx(0.95, abs=0.01)
 
 
 def test_hinge_and_wasserstein_known_values():
     real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.0])
     # D: mean(relu(1 - [2, .5, -1])) = (0 + .5 + 2) / 3; mean(relu(1 + [-2, 0, 1])) = (0 + 1 + 2) / 3
-    assert helpers.hinge_d_loss(real, fake).item() == pytest.approx(2.5 / 3 + 1.0)
-    assert helpers.hinge_g_loss(fake).item() == pytest.approx(1 / 3)
-    assert helpers.wasserstein_d_loss(real, fake).item() == pytest.approx(-1 / 3 - 0.5)
-    assert helpers.wasserstein_g_loss(fake).item() == pytest.approx(1 / 3)
+    assert losses.hinge_d_loss(real, fake).item() == pytest.approx(2.5 / 3 + 1.0)
+    assert losses.hinge_g_loss(fake).item() == pytest.approx(1 / 3)
+    assert losses.wasserstein_d_loss(real, fake).item() == pytest.approx(-1 / 3 - 0.5)
+    assert losses.wasserstein_g_loss(fake).item() == pytest.approx(1 / 3)
 
 
 def test_gradient_penalty_against_hand_computation():
@@ -149,14 +149,14 @@ def test_gradient_penalty_against_hand_computation():
         return (x * w).flatten(1).sum(1, keepdim=True)
 
     real, fake = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
-    gp = helpers.gradient_penalty(critic, real, fake)
+    gp = losses.gradient_penalty(critic, real, fake)
     assert gp.item() == pytest.approx((w.norm().item() - 1) ** 2, rel=1e-5)
 
     # A quadratic critic D(x) = 0.5 ||x||^2 has gradient x_hat: check the interpolation too.
     eps = torch.tensor([0.0, 0.25, 0.5, 1.0]).view(4, 1, 1, 1)
     x_hat = eps * real + (1 - eps) * fake
     expected = ((x_hat.flatten(1).norm(dim=1) - 1) ** 2).mean()
-    got = helpers.gradient_penalty(lambda x: 0.5 * (x**2).flatten(1).sum(1), real, fake, eps=eps)
+    got = losses.gradient_penalty(lambda x: 0.5 * (x**2).flatten(1).sum(1), real, fake, eps=eps)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -164,17 +164,17 @@ def test_gradient_penalty_against_hand_computation():
 
 def test_bad_configuration_values_name_the_field():
     with pytest.raises(ValueError, match="unknown preset"):
-        helpers.make_config("dcgan128")
+        config.make_config("dcgan128")
     with pytest.raises(ValueError, match="loss"):
-        helpers.make_config("dcgan64", loss="mse")
+        config.make_config("dcgan64", loss="mse")
     with pytest.raises(ValueError, match="unknown configuration fields"):
-        helpers.make_config("dcgan64", learning_rate=1)
+        config.make_config("dcgan64", learning_rate=1)
     with pytest.raises(ValueError, match="image_size"):
-        helpers.make_config("dcgan64", image_size=32)
+        config.make_config("dcgan64", image_size=32)
     with pytest.raises(ValueError, match="BatchNorm"):
-        helpers.make_config("wgangp64", d_norm="batch")
+        config.make_config("wgangp64", d_norm="batch")
 
 
 def test_config_round_trips_through_a_dict():
-    cfg = helpers.make_config("improved64", lr_schedule="cosine", ema_decay=0.999)
-    assert helpers.Config.from_dict(cfg.to_dict()) == cfg
+    cfg = config.make_config("improved64", lr_schedule="cosine", ema_decay=0.999)
+    assert config.Config.from_dict(cfg.to_dict()) == cfg

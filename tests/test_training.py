@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import helpers
+from facegan import batches, bench, checkpoint, cli, config, data, models, sampling, step, train
 
 
 @pytest.fixture(scope="module")
@@ -16,19 +16,19 @@ def real_batches(celeba_batch):
     return {64: celeba_batch, 32: F.interpolate(celeba_batch, size=32, mode="area")}
 
 
-def _state(preset: str, **overrides) -> helpers.TrainState:
-    cfg = helpers.make_config(preset, batch_size=16, **overrides)
-    return helpers.make_state(cfg, steps_per_epoch=100, device="cpu")
+def _state(preset: str, **overrides) -> step.TrainState:
+    cfg = config.make_config(preset, batch_size=16, **overrides)
+    return step.make_state(cfg, steps_per_epoch=100, device="cpu")
 
 
-@pytest.mark.parametrize("preset", list(helpers.PRESETS))
+@pytest.mark.parametrize("preset", list(config.PRESETS))
 def test_three_steps_on_real_faces_change_parameters(preset, real_batches):
     state = _state(preset)
     real = real_batches[state.config.image_size]
     d0 = copy.deepcopy(state.D.state_dict())
     g0 = copy.deepcopy(state.G.state_dict())
     for _ in range(max(3, state.config.n_critic)):  # a WGAN critic takes n_critic steps per G step
-        metrics = helpers.train_step(state, real)
+        metrics = step.train_step(state, real)
         assert all(torch.isfinite(v) for v in metrics.values()), metrics
     for before, model in ((d0, state.D), (g0, state.G)):
         after = model.state_dict()
@@ -36,7 +36,7 @@ def test_three_steps_on_real_faces_change_parameters(preset, real_batches):
         assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("preset", list(helpers.PRESETS))
+@pytest.mark.parametrize("preset", list(config.PRESETS))
 def test_discriminator_overfits_a_single_batch(preset, real_batches):
     """D alone must learn to tell one fixed real batch from a fixed G's samples within 40 steps.
 
@@ -49,8 +49,8 @@ def test_discriminator_overfits_a_single_batch(preset, real_batches):
     state = _state(preset, n_critic=1000)
     g0 = [p.detach().clone() for p in state.G.parameters()]
     real = real_batches[state.config.image_size]
-    history = [helpers.train_step(state, real) for _ in range(40)]
-    assert all(torch.equal(a, b) for a, b in zip(g0, state.G.parameters()))  # G's weights never moved
+    history = [step.train_step(state, real) for _ in range(40)]
+    assert all(torch.equal(a, b) for a, b in zip(g0, state.G.parameters(), strict=True))  # G's weights never moved
     first, last = history[0], history[-10:]
     gap = sum((m["d_real"] - m["d_fake"]).item() for m in last) / len(last)
     d_loss = sum(m["d_loss"].item() for m in last) / len(last)
@@ -63,7 +63,7 @@ def test_discriminator_overfits_a_single_batch(preset, real_batches):
 
 def test_train_step_detaches_fakes_in_the_d_step(real_batches):
     state = _state("small32", n_critic=2)  # the first step is a D-only step
-    helpers.train_step(state, real_batches[32])
+    step.train_step(state, real_batches[32])
     assert all(p.grad is None for p in state.G.parameters())
 
 
@@ -73,11 +73,11 @@ def test_textbook_steps_match_the_training_step(real_batches):
     a = _state("classic32", amp=False)
     b = copy.deepcopy(a)
     torch.manual_seed(1)
-    helpers.train_step(a, real)
+    step.train_step(a, real)
     torch.manual_seed(1)
-    z = helpers.sample_latent(16, b.config)
-    helpers.discriminator_step(b.D, b.G, b.d_opt, real, z, smooth=0.9)
-    for p, q in zip(a.D.parameters(), b.D.parameters()):
+    z = models.sample_latent(16, b.config)
+    step.discriminator_step(b.D, b.G, b.d_opt, real, z, smooth=0.9)
+    for p, q in zip(a.D.parameters(), b.D.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6)
 
 
@@ -85,65 +85,69 @@ def test_lr_schedules_and_ema(real_batches):
     state = _state("small32", lr_schedule="cosine", ema_decay=0.9)
     state.total_steps = 4
     for _ in range(2):
-        helpers.train_step(state, real_batches[32])
+        step.train_step(state, real_batches[32])
     assert state.g_opt.param_groups[0]["lr"] == pytest.approx(0.002 * 0.5)  # cosine at half-way
     ema_w = state.ema.module.fc.weight
     assert not torch.equal(ema_w, state.G.fc.weight)  # the average lags behind G
-    assert helpers.lr_factor("linear", 3, 4) == pytest.approx(0.25)
-    assert helpers.lr_factor("constant", 3, 4) == 1.0
+    assert step.lr_factor("linear", 3, 4) == pytest.approx(0.25)
+    assert step.lr_factor("constant", 3, 4) == 1.0
 
 
 def _tiny_config(**overrides):
-    return helpers.make_config("small32", batch_size=16, subset=128, epochs=2, log_every=1, **overrides)
+    return config.make_config("small32", batch_size=16, subset=128, epochs=2, log_every=1, **overrides)
 
 
 def test_checkpoint_resume_continues_exactly(celeba_dir, tmp_path):
-    full = helpers.train(_tiny_config(), tmp_path / "full", progress=False)
+    full = train.train(_tiny_config(), tmp_path / "full", progress=False)
     assert full.step == 16 and full.epoch == 2
-    part = helpers.train(_tiny_config(max_steps=5), tmp_path / "split", progress=False)
+    part = train.train(_tiny_config(max_steps=5), tmp_path / "split", progress=False)
     assert part.step == 5 and len(part.history["step"]) == 5
     part.samples.pop()  # the grid made at the stop is not part of the uninterrupted run
-    helpers.save_checkpoint(part, tmp_path / "split" / "checkpoint.pt")
-    resumed = helpers.train(_tiny_config(), tmp_path / "split", resume=True, progress=False)
+    checkpoint.save_checkpoint(part, tmp_path / "split" / "checkpoint.pt")
+    resumed = train.train(_tiny_config(), tmp_path / "split", resume=True, progress=False)
     assert resumed.step == 16 and resumed.history["step"] == list(range(1, 17))
     assert resumed.history["d_loss"] == pytest.approx(full.history["d_loss"], rel=1e-5)
-    for p, q in zip(resumed.G.parameters(), full.G.parameters()):
+    for p, q in zip(resumed.G.parameters(), full.G.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6)
     assert [step for step, _ in resumed.samples] == [8, 16]  # one fixed-latent grid per epoch
 
 
 def test_checkpoint_rebuilds_models_from_its_configuration(celeba_dir, tmp_path):
-    cfg = helpers.make_config("dcgan64", batch_size=8, subset=16, max_steps=1, ema_decay=0.99)
-    state = helpers.train(cfg, tmp_path, progress=False)
-    G, loaded_cfg = helpers.load_generator(tmp_path / "checkpoint.pt")
+    cfg = config.make_config("dcgan64", batch_size=8, subset=16, max_steps=1, ema_decay=0.99)
+    state = train.train(cfg, tmp_path, progress=False)
+    G, loaded_cfg = checkpoint.load_generator(tmp_path / "checkpoint.pt")
     assert loaded_cfg == cfg
     z = state.fixed_z[:4]
-    assert torch.allclose(G(z), helpers.generate(state.sampler, z), atol=1e-5)
-    again = helpers.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert torch.allclose(G(z), sampling.generate(state.sampler, z), atol=1e-5)
+    again = checkpoint.load_checkpoint(tmp_path / "checkpoint.pt")
     assert again.step == 1 and again.config == cfg
 
 
 def test_resume_refuses_another_architecture(celeba_dir, tmp_path):
-    helpers.train(_tiny_config(max_steps=1), tmp_path, progress=False)
+    train.train(_tiny_config(max_steps=1), tmp_path, progress=False)
     with pytest.raises(ValueError, match="cannot resume"):
-        helpers.train(helpers.make_config("classic32", subset=128, batch_size=16), tmp_path, resume=True,
+        train.train(config.make_config("classic32", subset=128, batch_size=16), tmp_path, resume=True,
                       progress=False)
 
 
 def test_cli_dry_run_writes_a_run_and_resumes(celeba_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    assert helpers.main(["train", "--dry-run", "--out", str(out), "--seed", "3"]) == 0
+    assert cli.main(["train", "--dry-run", "--out", str(out), "--seed", "3"]) == 0
     assert (out / "checkpoint.pt").is_file() and (out / "losses.png").is_file()
     assert list((out / "samples").glob("*.png"))
     assert "img/s" in capsys.readouterr().out
-    helpers.main(["train", "--dry-run", "--out", str(out), "--resume", "--max-steps", "8"])
+    cli.main(["train", "--dry-run", "--out", str(out), "--resume", "--max-steps", "8"])
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 8 and ckpt["config"]["seed"] == 3 and ckpt["history"]["step"][-1] == 8
 
 
-def test_cli_rejects_bad_values(tmp_path):
-    with pytest.raises(ValueError, match="d_optimizer"):
-        helpers.main(["train", "--dry-run", "--out", str(tmp_path), "--d-optimizer", "rmsprop"])
+def test_cli_rejects_bad_values_in_one_line(tmp_path, capsys):
+    assert cli.main(["train", "--dry-run", "--out", str(tmp_path), "--d-optimizer", "rmsprop"]) == 2
+    err = capsys.readouterr().err
+    assert "d_optimizer='rmsprop': choose one of adam, sgd" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 2
+    with pytest.raises(ValueError, match="d_optimizer"):  # --debug: the full traceback
+        cli.main(["train", "--debug", "--dry-run", "--out", str(tmp_path), "--d-optimizer", "rmsprop"])
 
 
 @pytest.mark.parametrize("preset", ["small32", "dcgan64"])
@@ -153,23 +157,23 @@ def test_fast_step_equals_the_textbook_steps(preset, real_batches):
     parameters must agree to float tolerance (Adam would amplify float noise in tiny gradients)."""
     fast = _state(preset, amp=False)  # bf16 has its own test below
     assert fast.config.channels_last
-    plain = helpers.make_state(fast.config.replace(channels_last=False), 100, "cpu")
+    plain = step.make_state(fast.config.replace(channels_last=False), 100, "cpu")
     for s in (fast, plain):
         _use_sgd(s)
     real = real_batches[fast.config.image_size]
     for _ in range(2):
         torch.manual_seed(5)
-        helpers.train_step(fast, real.contiguous(memory_format=torch.channels_last))
+        step.train_step(fast, real.contiguous(memory_format=torch.channels_last))
         torch.manual_seed(5)
-        z = helpers.sample_latent(real.size(0), plain.config)
-        helpers.discriminator_step(plain.D, plain.G, plain.d_opt, real, z, smooth=plain.config.real_label[0])
-        helpers.generator_step(plain.D, plain.G, plain.g_opt, z)
+        z = models.sample_latent(real.size(0), plain.config)
+        step.discriminator_step(plain.D, plain.G, plain.d_opt, real, z, smooth=plain.config.real_label[0])
+        step.generator_step(plain.D, plain.G, plain.g_opt, z)
     for name, a, b in (("D", fast.D, plain.D), ("G", fast.G, plain.G)):
-        for (key, p), q in zip(a.named_parameters(), b.parameters()):
+        for (key, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
             assert torch.allclose(p, q, atol=1e-5, rtol=1e-4), f"{name}.{key} differs"
 
 
-def _use_sgd(state: helpers.TrainState) -> None:
+def _use_sgd(state: step.TrainState) -> None:
     """Plain SGD applies gradients as they are (train_step sets its learning rates from the config)."""
     state.d_opt = torch.optim.SGD(state.D.parameters(), lr=state.config.lr_d)
     state.g_opt = torch.optim.SGD(state.G.parameters(), lr=state.config.lr_g)
@@ -181,10 +185,10 @@ def test_bf16_step_makes_nearly_the_fp32_update(preset, real_batches, monkeypatc
     matmul operands to 8 mantissa bits: the update must point the same way as fp32's, at the same size."""
     state = _state(preset)
     real = real_batches[state.config.image_size]
-    assert helpers.training_precision(state.config.replace(amp=False), state.device) == "fp32"
-    monkeypatch.setattr(helpers, "native_bf16", lambda device_type: True)  # bf16 even where emulated
-    assert helpers.training_precision(state.config, state.device) == "bf16"
-    a, b = (torch.cat(list(helpers.sgd_update(state, real, seed=5, amp=amp).values())) for amp in (False, True))
+    assert step.training_precision(state.config.replace(amp=False), state.device) == "fp32"
+    monkeypatch.setattr(step, "native_bf16", lambda device_type: True)  # bf16 even where emulated
+    assert step.training_precision(state.config, state.device) == "bf16"
+    a, b = (torch.cat(list(bench.sgd_update(state, real, seed=5, amp=amp).values())) for amp in (False, True))
     assert F.cosine_similarity(a.double(), b.double(), dim=0) > 0.99
     assert abs(b.norm() / a.norm() - 1) < 0.02
     # ...and that is a real difference, not the same fp32 computation twice
@@ -196,60 +200,61 @@ def test_bf16_rounding_is_small_beside_minibatch_noise(preset, real_batches, mon
     """Every SGD step already follows a noisy estimate of the gradient: another batch of faces
     and latents would move the weights differently.  What bf16 adds to an update must be a small
     fraction of that difference, or it would change training beyond what reseeding does."""
-    monkeypatch.setattr(helpers, "native_bf16", lambda device_type: True)  # bf16 even where emulated
+    monkeypatch.setattr(step, "native_bf16", lambda device_type: True)  # bf16 even where emulated
     state = _state(preset)
     real = real_batches[state.config.image_size]
     before = copy.deepcopy(state.G.state_dict())
-    ratios = helpers.bf16_rounding_vs_batch_noise(state, real, real.flip(3))  # mirrored faces: another batch
+    ratios = bench.bf16_rounding_vs_batch_noise(state, real, real.flip(3))  # mirrored faces: another batch
     assert set(ratios) == {"D", "G"} and all(0 < r < 0.2 for r in ratios.values()), ratios
     assert all(torch.equal(before[k], v) for k, v in state.G.state_dict().items())  # state untouched
-    monkeypatch.setattr(helpers, "native_bf16", lambda device_type: False)
+    monkeypatch.setattr(step, "native_bf16", lambda device_type: False)
     with pytest.raises(RuntimeError, match="not native"):
-        helpers.bf16_rounding_vs_batch_noise(state, real, real.flip(3))
+        bench.bf16_rounding_vs_batch_noise(state, real, real.flip(3))
 
 
 def test_fused_adam_makes_the_same_update_as_plain_adam():
-    cfg = helpers.make_config("dcgan64")
-    D1, G1 = helpers.build_models(cfg)
+    cfg = config.make_config("dcgan64")
+    D1, G1 = models.build_models(cfg)
     D2, G2 = copy.deepcopy(D1), copy.deepcopy(G1)
-    fused = helpers.make_optimizers(D1, G1, cfg)
-    plain = helpers.make_optimizers(D2, G2, cfg.replace(fused_adam=False))
+    fused = step.make_optimizers(D1, G1, cfg)
+    plain = step.make_optimizers(D2, G2, cfg.replace(fused_adam=False))
     assert fused[0].defaults.get("fused") and not plain[0].defaults.get("fused")
     torch.manual_seed(0)
     for _ in range(3):
-        for p, q in zip(list(D1.parameters()) + list(G1.parameters()), list(D2.parameters()) + list(G2.parameters())):
+        pairs = zip([*D1.parameters(), *G1.parameters()], [*D2.parameters(), *G2.parameters()], strict=True)
+        for p, q in pairs:
             p.grad = torch.randn_like(p)
             q.grad = p.grad.clone()
         for opt in fused + plain:
             opt.step()
-    for p, q in zip(G1.parameters(), G2.parameters()):
+    for p, q in zip(G1.parameters(), G2.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6)
 
 
-@pytest.mark.parametrize("preset", list(helpers.PRESETS))
+@pytest.mark.parametrize("preset", list(config.PRESETS))
 def test_bf16_autocast_path_runs_for_every_preset(preset, real_batches, monkeypatch):
     """The CUDA path trains under bf16 autocast; exercise the same code on the CPU's bf16 autocast."""
-    monkeypatch.setattr(helpers, "native_bf16", lambda device_type: True)  # bf16 even where emulated
+    monkeypatch.setattr(step, "native_bf16", lambda device_type: True)  # bf16 even where emulated
     state = _state(preset)
-    assert helpers.training_precision(state.config, state.device) == "bf16"
+    assert step.training_precision(state.config, state.device) == "bf16"
     real = real_batches[state.config.image_size]
     before = [p.detach().clone() for p in state.G.parameters()]
     for _ in range(state.config.n_critic):
-        metrics = helpers.train_step(state, real)
+        metrics = step.train_step(state, real)
     assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in metrics.values())
     assert all(p.dtype == torch.float32 for p in state.G.parameters())  # master weights stay fp32
-    assert any(not torch.equal(a, b) for a, b in zip(before, state.G.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, state.G.parameters(), strict=True))
 
 
 def test_cached_batches_in_channels_last_hold_the_same_values(celeba_dir, tmp_path):
-    files = helpers.list_images(celeba_dir)[:64]
-    cache = helpers.build_image_cache(files, 32, cache_dir=tmp_path)
-    plain = next(helpers.CachedBatches(cache, 32, seed=1).epoch(0))
-    nhwc = next(helpers.CachedBatches(cache, 32, seed=1, channels_last=True).epoch(0))
+    files = data.list_images(celeba_dir)[:64]
+    cache = batches.build_image_cache(files, 32, cache_dir=tmp_path)
+    plain = next(batches.CachedBatches(cache, 32, seed=1).epoch(0))
+    nhwc = next(batches.CachedBatches(cache, 32, seed=1, channels_last=True).epoch(0))
     assert nhwc.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(plain, nhwc)
     # the device-resident copy (what a GPU uses) gives the same batches as the memory map
-    resident = helpers.CachedBatches(cache, 32, seed=1, preload=True)
+    resident = batches.CachedBatches(cache, 32, seed=1, preload=True)
     assert resident.resident is not None and torch.equal(next(resident.epoch(0)), plain)
 
 
@@ -258,43 +263,43 @@ def test_benchmark_worker_measures_every_pipeline(pipeline, celeba_dir):
     import queue
 
     out = queue.Queue()
-    helpers._bench_worker("small32", pipeline, 2, 1, 192, "cpu", out)
+    bench._bench_worker("small32", pipeline, 2, 1, 192, "cpu", out)
     result = out.get_nowait()
     assert result["img_s"] > 0 and result["peak_mb"] > 0
-    native = helpers.native_bf16("cpu")
+    native = step.native_bf16("cpu")
     bf16 = "bf16" if native else "fp32"  # the default, like fast-bf16, is bf16 where the CPU has it
     expected = {"classic": "fp32", "fast-fp32": "fp32", "fast": bf16, "fast-bf16": bf16}[pipeline]
     assert result["precision"] == expected
 
 
 def test_training_precision_follows_the_config_and_the_hardware(monkeypatch):
-    cfg, cpu, cuda = helpers.make_config("dcgan64"), torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(helpers, "native_bf16", lambda device_type: True)
-    assert helpers.training_precision(cfg, cuda) == "bf16"  # bf16 by default where native
-    assert helpers.training_precision(cfg, cpu) == "bf16"
-    assert helpers.training_precision(cfg.replace(amp=False), cuda) == "fp32"  # exact fp32 on request
-    assert helpers.training_precision(cfg.replace(amp=False), cpu) == "fp32"
-    monkeypatch.setattr(helpers, "native_bf16", lambda device_type: False)  # e.g. an AVX2-only CPU
-    assert helpers.training_precision(cfg, cpu) == "fp32"
+    cfg, cpu, cuda = config.make_config("dcgan64"), torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(step, "native_bf16", lambda device_type: True)
+    assert step.training_precision(cfg, cuda) == "bf16"  # bf16 by default where native
+    assert step.training_precision(cfg, cpu) == "bf16"
+    assert step.training_precision(cfg.replace(amp=False), cuda) == "fp32"  # exact fp32 on request
+    assert step.training_precision(cfg.replace(amp=False), cpu) == "fp32"
+    monkeypatch.setattr(step, "native_bf16", lambda device_type: False)  # e.g. an AVX2-only CPU
+    assert step.training_precision(cfg, cpu) == "fp32"
     # FACEGAN_BF16=0 makes a bf16 machine train as an AVX2-only one does (CI checks fp32 that way)
     monkeypatch.undo()
-    helpers.native_bf16.cache_clear()
+    step.native_bf16.cache_clear()
     monkeypatch.setenv("FACEGAN_BF16", "0")
-    assert not helpers.native_bf16("cpu") and helpers.training_precision(cfg, cpu) == "fp32"
-    helpers.native_bf16.cache_clear()
+    assert not step.native_bf16("cpu") and step.training_precision(cfg, cpu) == "fp32"
+    step.native_bf16.cache_clear()
     monkeypatch.delenv("FACEGAN_BF16")
     # checkpoints written while CPUs had a separate switch still load
-    assert helpers.Config.from_dict({**cfg.to_dict(), "cpu_bf16": False}) == cfg
+    assert config.Config.from_dict({**cfg.to_dict(), "cpu_bf16": False}) == cfg
 
 
 def test_step_flops_match_a_hand_count_for_the_generator_stem():
     # small32 per image: forward + backward ~ 3x forward; G's linear stem alone is 2 * 100 * 2048 FLOPs.
-    flops = helpers.step_flops(helpers.make_config("small32"), 16) / 16
+    flops = bench.step_flops(config.make_config("small32"), 16) / 16
     assert flops > 3 * 2 * 100 * 2048
-    assert helpers.step_flops(helpers.make_config("dcgan64"), 16) / 16 > 10 * flops  # 64px nets cost far more
+    assert bench.step_flops(config.make_config("dcgan64"), 16) / 16 > 10 * flops  # 64px nets cost far more
 
 
 def test_peak_gflops_is_a_plausible_rate():
     # a 2-core laptop manages tens of GFLOP/s, an H100 hundreds of thousands: a wrong FLOP
     # formula or unit would land far outside
-    assert 1 < helpers.peak_gflops(torch.device("cpu"), repeats=1) < 1e6
+    assert 1 < bench.peak_gflops(torch.device("cpu"), repeats=1) < 1e6

@@ -1,0 +1,4 @@
+"""``python -m facegan``: the command line."""
+from facegan.cli import run
+
+run()

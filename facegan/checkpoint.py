@@ -1,0 +1,178 @@
+"""Checkpoints and export: save a run atomically, load it back without running any code.
+
+A checkpoint holds everything needed to resume exactly: the configuration, both
+models, both optimisers, the EMA copy, the step, the history, the fixed-latent
+grids and every random generator's state.  It is written to a temporary file and
+renamed into place, and the checkpoint it replaces is kept as ``checkpoint.prev.pt``,
+so a crash at any moment leaves at least one good checkpoint.
+
+Loading uses ``torch.load(weights_only=True)``: only tensors and plain Python values
+(dicts, lists, tuples, numbers, strings) are accepted.  A full pickle can execute
+arbitrary code when loaded, so a ``.pt`` file that someone shares could otherwise run
+anything on your machine; here such a file is refused with ``CheckpointError``.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .config import Config
+from .models import build_models
+from .step import TrainState, make_state
+
+CHECKPOINT, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or generator file is unreadable, corrupt or unsafe; the message names the file."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile`` (whose state-dict keys carry a prefix)."""
+    return getattr(model, "_orig_mod", model)
+
+
+def _rng_states() -> dict:
+    # NumPy's state holds an ndarray, which weights_only loading does not accept: store its
+    # key vector as a tensor instead.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)),
+                                                      int(pos), int(has_gauss), float(cached)],
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_states(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    random.setstate(tuple(tuple(v) if isinstance(v, list) else v for v in rng["python"]))
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _atomic_save(obj: dict, path: Path, keep_previous: bool = False) -> Path:
+    """Write ``obj`` to a temp file, flush it to disk, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if keep_previous and path.exists():
+        os.replace(path, path.with_name(PREVIOUS))  # between the two renames, the fallback exists
+    os.replace(tmp, path)
+    return path
+
+
+def save_checkpoint(state: TrainState, path: str | Path, keep_previous: bool = True) -> Path:
+    """Write everything needed to resume, atomically; the checkpoint replaced becomes the fallback."""
+    ckpt = {
+        "config": state.config.to_dict(),
+        "D": unwrap(state.D).state_dict(), "G": unwrap(state.G).state_dict(),
+        "d_opt": state.d_opt.state_dict(), "g_opt": state.g_opt.state_dict(),
+        "ema": state.ema.state_dict() if state.ema is not None else None,
+        "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
+        "history": state.history, "samples": state.samples, "fixed_z": state.fixed_z.cpu(),
+        "rng": _rng_states(),
+    }
+    return _atomic_save(ckpt, Path(path), keep_previous)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint or exported generator safely, or raise an error that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: train first (or check the path)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "global" in str(e).lower():
+            raise CheckpointError(
+                f"{path} was refused: it holds Python objects beyond tensors and plain values, and "
+                "loading those could run code. Load only files you trust, re-exported by this "
+                "project's train or export.") from e
+        raise CheckpointError(f"{path} is corrupt ({e}); use the previous checkpoint or train again") from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:120]}); "
+                              "use the previous checkpoint or train again") from e
+    if not isinstance(ckpt, dict) or "config" not in ckpt or not isinstance(ckpt.get("G"), dict):
+        raise CheckpointError(f"{path} is not a checkpoint or generator of this project "
+                              "(it holds no configuration and generator weights)")
+    try:
+        ckpt["config"] = Config.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} holds an invalid configuration: {e}") from e
+    return ckpt
+
+
+def read_resume_checkpoint(out: Path) -> tuple[dict, Path]:
+    """The newest readable checkpoint of a run folder: ``checkpoint.pt``, else the previous one."""
+    primary, previous = out / CHECKPOINT, out / PREVIOUS
+    try:
+        return read_checkpoint(primary), primary
+    except (CheckpointError, FileNotFoundError) as e:
+        if not previous.is_file():
+            raise
+        ckpt = read_checkpoint(previous)
+        print(f"{e}\nresuming from the previous checkpoint {previous} (step {ckpt['step']}) instead")
+        return ckpt, previous
+
+
+def load_checkpoint(checkpoint: str | Path | dict, state: TrainState | None = None,
+                    device: torch.device | str | None = None) -> TrainState:
+    """Restore a run from a path or an already-read checkpoint (``read_checkpoint``).
+
+    Without ``state``, models are rebuilt from the saved configuration.
+    """
+    ckpt = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
+    if "d_opt" not in ckpt:
+        raise CheckpointError("this is an exported generator, not a training checkpoint: "
+                              "load it with load_generator, or resume from the run's checkpoint.pt")
+    cfg = ckpt["config"]
+    if state is None:
+        state = make_state(cfg, steps_per_epoch=1, device=device)
+        state.total_steps = ckpt["step"]
+    unwrap(state.D).load_state_dict(ckpt["D"])
+    unwrap(state.G).load_state_dict(ckpt["G"])
+    state.d_opt.load_state_dict(ckpt["d_opt"])
+    state.g_opt.load_state_dict(ckpt["g_opt"])
+    if state.ema is not None and ckpt["ema"] is not None:
+        state.ema.load_state_dict(ckpt["ema"])
+    state.step, state.epoch, state.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+    state.history, state.samples = ckpt["history"], [tuple(s) for s in ckpt["samples"]]
+    state.fixed_z = ckpt["fixed_z"].to(state.device)
+    _set_rng_states(ckpt["rng"])
+    return state
+
+
+def export_generator(state: TrainState, path: str | Path) -> Path:
+    """Save just the generator to show or evaluate (the EMA copy when there is one), in half
+    precision: a quarter of a full checkpoint's size, and the images are the same to the eye."""
+    weights = {k: (v.half() if v.is_floating_point() else v) for k, v in unwrap(state.sampler).state_dict().items()}
+    return _atomic_save({"config": state.config.to_dict(), "G": weights, "step": state.step,
+                         "history": state.history}, Path(path))
+
+
+def load_generator(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Config]:
+    """The generator of a checkpoint or an exported generator (the EMA copy if any), in eval mode."""
+    ckpt = read_checkpoint(path)
+    cfg = ckpt["config"]
+    _, G = build_models(cfg)
+    if ckpt.get("ema") is not None:
+        weights = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    else:
+        weights = ckpt["G"]
+    try:
+        G.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: the generator weights do not fit its configuration "
+                              f"({str(e).splitlines()[0]})") from e
+    return G.to(device).eval(), cfg

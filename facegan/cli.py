@@ -1,0 +1,197 @@
+"""The command line: ``python helpers.py CMD`` = ``python -m facegan CMD`` = ``facegan CMD``.
+
+    train     train a preset (every Config field is a flag; --resume continues a run)
+    sample    write generated (or the FID reference) faces as PNG files
+    fid       FID and KID of a generator
+    bench     training speed, classic pipeline against this project's
+    exercise  regenerate the classroom exercise notebook
+    serve     faces over HTTP, with a gallery page
+
+Expected problems (missing data, a corrupt image or checkpoint, a bad value) print one
+or two lines saying what is wrong and how to fix it, and exit with status 2; ``--debug``
+shows the full traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .checkpoint import CHECKPOINT, CheckpointError, load_generator, read_checkpoint
+from .config import PRESETS, PROJECT_ROOT, Config, field_help, make_config
+from .data import DataError, resolve_image_dir
+from .step import pick_device, training_precision
+from .train import TrainingDiverged, train
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One --flag per Config field, its help taken from the field's comment; unset flags keep the preset's value."""
+    helps = field_help()
+    for f in dataclasses.fields(Config):
+        if f.name == "preset":
+            continue
+        flag, text = "--" + f.name.replace("_", "-"), helps.get(f.name, "")
+        if f.type == "bool":
+            parser.add_argument(flag, type=_parse_bool, default=None, metavar="BOOL", help=text)
+        elif f.type == "tuple":
+            parser.add_argument(flag, type=lambda s: tuple(float(v) for v in s.split(",")),
+                                default=None, metavar="LO,HI", help=text)
+        else:
+            parser.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), default=None, help=text)
+
+
+def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
+    """The preset (or ``base``, a resumed run's saved configuration) with the flags given applied."""
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+                 if f.name != "preset" and getattr(args, f.name, None) is not None}
+    if args.dry_run:
+        # A smoke test: a few steps on a small subset, so CI finishes in seconds.
+        overrides = {"max_steps": 5, "subset": 512, "batch_size": 16, "log_every": 1, **overrides}
+    if base is not None and args.preset in (None, base.preset):
+        return base.replace(**overrides)
+    return make_config(args.preset or "small32", **overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    out = Path(args.out or f"runs/{args.preset or 'small32'}{'-dry-run' if args.dry_run else ''}")
+    base = read_checkpoint(out / CHECKPOINT)["config"] if args.resume and (out / CHECKPOINT).is_file() else None
+    cfg = config_from_args(args, base)
+    device = pick_device(cfg.device)
+    print(f"training {cfg.preset} on {device} ({training_precision(cfg, device)}) -> {out}")
+    state = train(cfg, out, resume=args.resume)
+    if state.interrupted:
+        return 130
+    h = state.history
+    if not state.images_per_second:
+        print(f"nothing to do: the run in {out} is already complete at step {state.step} "
+              f"(epoch {state.epoch}); raise --epochs or --max-steps to train longer")
+        return 0
+    print(f"done: step {state.step}, epoch {state.epoch}, {state.images_per_second:.0f} img/s, "
+          f"d_loss {h['d_loss'][-1]:.3f}, g_loss {h['g_loss'][-1]:.3f}, "
+          f"D(x) {h['d_real'][-1]:.2f}, D(G(z)) {h['d_fake'][-1]:.2f}; checkpoint {out / CHECKPOINT}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .evaluation import write_real_samples
+    from .sampling import write_samples
+
+    G, cfg = load_generator(args.generator, pick_device())
+    if args.real:
+        paths = write_real_samples(cfg, args.n, args.out, args.seed, resolve_image_dir(cfg.data))
+        print(f"wrote {len(paths)} real {cfg.image_size}px faces to {args.out}")
+    else:
+        paths = write_samples(G, cfg, args.n, args.out, args.seed, args.truncation)
+        print(f"wrote {len(paths)} generated {cfg.image_size}px faces to {args.out}")
+    return 0
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_generator, inception_extractor
+
+    G, cfg = load_generator(args.generator, pick_device())
+    extractor = inception_extractor(args.weights, pick_device())
+    result = evaluate_generator(G, cfg, args.n, extractor=extractor, seed=args.seed)
+    print(f"{args.generator}: FID-{args.n} {result['fid']:.2f}, KID {result['kid']:.4f} "
+          f"+- {result['kid_std']:.4f} ({cfg.image_size}px, against {args.n} real faces at {cfg.image_size}px)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import benchmark, precision_report, preset_speeds
+
+    if args.precision:
+        precision_report(args.precision)
+    elif args.presets:
+        preset_speeds(args.quick, args.device)
+    else:
+        benchmark(args.quick, args.device, args.repeats)
+    return 0
+
+
+def cmd_exercise(args: argparse.Namespace) -> int:
+    from .exercise import make_exercise_notebook
+
+    print(f"wrote {make_exercise_notebook(args.solution, args.out)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facegan", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    show_defaults = argparse.ArgumentDefaultsHelpFormatter
+
+    p = sub.add_parser("train", parents=[common], help="train a GAN on faces")
+    p.add_argument("--preset", default=None, choices=list(PRESETS), help="recipe to train (default small32)")
+    p.add_argument("--out", default=None, help="run folder (default runs/PRESET)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--dry-run", action="store_true", help="a few steps on a small subset (smoke test)")
+    _add_config_arguments(p)
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("sample", parents=[common], help="write N generated faces as PNG files (for any FID tool)",
+                       formatter_class=show_defaults)
+    p.add_argument("--generator", required=True, help="a checkpoint.pt or an exported generator (assets/*.pt)")
+    p.add_argument("--n", type=int, default=1000, help="how many faces")
+    p.add_argument("--out", required=True, help="folder for the PNG files")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first latent batch")
+    p.add_argument("--truncation", type=float, default=0.0, help="resample |z| > t (0 = off)")
+    p.add_argument("--real", action="store_true",
+                   help="write N real faces at the generator's resolution instead (the FID reference set)")
+    p.set_defaults(handler=cmd_sample)
+
+    p = sub.add_parser("fid", parents=[common], help="FID and KID of a generator against real faces at its resolution",
+                       formatter_class=show_defaults)
+    p.add_argument("--generator", required=True, help="a checkpoint.pt or an exported generator")
+    p.add_argument("--n", type=int, default=1000, help="samples (and real images); FID falls as N grows")
+    p.add_argument("--weights", default=None, help="local FID Inception weights (default $FID_WEIGHTS, else download)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated latents")
+    p.set_defaults(handler=cmd_fid)
+
+    p = sub.add_parser("exercise", parents=[common],
+                       help="regenerate face_generation_exercise.ipynb from the solution notebook",
+                       formatter_class=show_defaults)
+    p.add_argument("--solution", default=str(PROJECT_ROOT / "face_generation.ipynb"), help="the solution notebook")
+    p.add_argument("--out", default=str(PROJECT_ROOT / "face_generation_exercise.ipynb"), help="where to write")
+    p.set_defaults(handler=cmd_exercise)
+
+    p = sub.add_parser("bench", parents=[common], help="training speed: the classic pipeline against this project's",
+                       formatter_class=show_defaults)
+    p.add_argument("--quick", action="store_true", help="fewer steps on a 4,096-image subset (under 2 minutes)")
+    p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    p.add_argument("--repeats", type=int, default=1, help="alternate the pipelines this many times; report the spread")
+    p.add_argument("--presets", action="store_true", help="instead: img/s and size of every preset")
+    p.add_argument("--precision", metavar="CHECKPOINT", default=None,
+                   help="instead: how much bf16 changes this checkpoint's updates, next to minibatch noise")
+    p.set_defaults(handler=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.debug:
+        return args.handler(args)
+    try:
+        return args.handler(args)
+    except (DataError, CheckpointError, FileNotFoundError, ValueError, TrainingDiverged) as e:
+        # Expected problems: one line that names the problem and the fix, not a traceback.
+        print(f"error: {e}\n(run with --debug for the full traceback)", file=sys.stderr)
+        return 2
+
+
+def run() -> None:
+    """The console script's entry point (``facegan``, from pyproject.toml)."""
+    sys.exit(main())

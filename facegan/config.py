@@ -1,0 +1,198 @@
+"""Configuration: one ``Config`` dataclass holds every value a run needs; a preset is a named set of them.
+
+The configuration is saved into every checkpoint, so a checkpoint rebuilds exactly the
+same models (``facegan.checkpoint``).  Each field's trailing comment is its documentation:
+``field_help`` reads it, and the command line shows it as the flag's help.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+#: Names from older checkpoints, and what they are called now.
+LEGACY_NAMES = {"g_dim": "g_conv_dim", "d_dim": "d_conv_dim"}
+LEGACY_ARCH = {"fc": "linear-stem"}
+
+
+@dataclass
+class Config:
+    """Everything a run needs, as plain values.
+
+    A preset (see ``PRESETS``) is a named set of values for these fields.  The
+    configuration is saved in every checkpoint, and ``load_checkpoint`` rebuilds
+    exactly the same models from it.
+    """
+
+    preset: str = "small32"  # the named recipe these values started from (PRESETS)
+    # --- models
+    arch: str = "linear-stem"  # "linear-stem": a linear layer, then transposed convs (32px); "dcgan": all-conv 64px
+    image_size: int = 32  # side of the square images, in pixels (32, or 64 for dcgan)
+    z_size: int = 100  # length of the latent vector z that G draws a face from
+    g_conv_dim: int = 32  # generator width: channels of its last hidden layer (the DCGAN paper's ngf)
+    d_conv_dim: int = 32  # discriminator width: channels of its first layer (the DCGAN paper's ndf)
+    n_layers: int = 3  # stride-2 layers of the linear-stem models (3 or 4 at 32px)
+    g_activation: str = "relu"  # relu | leaky
+    d_norm: str = "batch"  # batch | layer | spectral | none
+    d_dropout: float = 0.0  # dropout probability after each of D's layers (the "improved" recipe)
+    # --- losses and tricks
+    loss: str = "bce"  # bce | hinge | wgan-gp
+    real_label: tuple = (1.0, 1.0)  # D's target for real images, drawn from U(lo, hi)
+    instance_noise: float = 0.0  # std of noise on D's inputs at step 0, decays linearly to 0
+    gp_weight: float = 10.0  # lambda of the WGAN-GP gradient penalty
+    n_critic: int = 1  # D steps per G step
+    # --- optimisation
+    lr_g: float = 2e-4  # generator learning rate
+    lr_d: float = 2e-4  # discriminator learning rate (larger than lr_g is TTUR)
+    beta1: float = 0.5  # Adam beta1; DCGAN uses 0.5, less momentum keeps the game stable
+    beta2: float = 0.999  # Adam beta2
+    d_optimizer: str = "adam"  # adam | sgd
+    lr_schedule: str = "constant"  # constant | linear | cosine
+    ema_decay: float = 0.0  # EMA of G's weights; 0 disables, 0.999 is typical
+    batch_size: int = 64  # images per step
+    epochs: int = 5  # passes over the data set
+    max_steps: int = 0  # stop after this many steps; 0 = run all epochs
+    max_minutes: float = 0.0  # stop after this much training time (checkpointed); 0 = no limit
+    checkpoint_minutes: float = 5.0  # also checkpoint mid-epoch this often (minutes of training); 0 = epoch ends only
+    # --- data
+    data: str = "celeba"  # "celeba" (processed set, fetched on demand), a folder, or a .zip
+    crop: int = 0  # centre crop in pixels before resizing (160 for aligned CelebA); 0 = none
+    subset: int = 0  # use only the first N images; 0 = all
+    recursive: bool = False  # also read images in sub-folders
+    fast_data: bool = True  # uint8 memory-mapped cache instead of PIL per image
+    # --- run
+    seed: int = 0  # seeds weights, latents and the data order: the same seed repeats a run
+    device: str = "auto"  # auto | cpu | cuda | mps
+    log_every: int = 10  # steps between history records
+    sample_every: int = 0  # steps between fixed-latent grids; 0 = once per epoch
+    keep_generators: bool = False  # also save G (half precision) at every sample point, for FID curves
+    fid_every: int = 0  # steps between FID measurements during training; 0 = off
+    fid_samples: int = 256  # samples per FID measurement during training (small N: compare runs, not papers)
+    n_samples: int = 64  # size of the fixed latent batch shown in grids
+    amp: bool = True  # bf16 autocast where the hardware runs bf16 natively (native_bf16); false = exact fp32
+    channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU (oneDNN) and CUDA
+    fused_adam: bool = True  # one fused kernel per Adam step instead of a loop over parameters
+    compile: bool = False  # torch.compile the models
+
+    def validate(self) -> Config:
+        """Raise ``ValueError`` naming the bad field and the fix; return self."""
+
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"Config.{name}={getattr(self, name)!r}: {why}")
+
+        choices = {
+            "arch": ("linear-stem", "dcgan"),
+            "g_activation": ("relu", "leaky"),
+            "d_norm": ("batch", "layer", "spectral", "none"),
+            "loss": ("bce", "hinge", "wgan-gp"),
+            "d_optimizer": ("adam", "sgd"),
+            "lr_schedule": ("constant", "linear", "cosine"),
+            "device": ("auto", "cpu", "cuda", "mps"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                bad(name, f"choose one of {', '.join(allowed)}")
+        if self.arch == "dcgan" and self.image_size != 64:
+            bad("image_size", "the dcgan architecture makes 64x64 images; set image_size=64 or arch='linear-stem'")
+        if self.arch == "linear-stem":
+            if self.n_layers < 1 or self.image_size % (2**self.n_layers):
+                bad("n_layers", f"image_size {self.image_size} must be divisible by 2**n_layers")
+        for name in ("z_size", "g_conv_dim", "d_conv_dim", "batch_size", "n_critic", "n_samples", "log_every"):
+            if getattr(self, name) < 1:
+                bad(name, "must be a positive integer")
+        for name in ("epochs", "max_steps", "subset", "crop", "sample_every", "max_minutes", "checkpoint_minutes",
+                     "fid_every", "fid_samples"):
+            if getattr(self, name) < 0:
+                bad(name, "must be 0 or positive")
+        if self.epochs == 0 and self.max_steps == 0:
+            bad("epochs", "set epochs or max_steps above 0")
+        for name in ("lr_g", "lr_d"):
+            if not getattr(self, name) > 0:
+                bad(name, "learning rates must be positive")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            bad("beta1", "Adam betas must lie in [0, 1)")
+        if not 0 <= self.ema_decay < 1:
+            bad("ema_decay", "use 0 to disable, or a value like 0.999")
+        if not 0 <= self.d_dropout < 1:
+            bad("d_dropout", "dropout probability must lie in [0, 1)")
+        lo, hi = self.real_label
+        if not (0 < lo <= hi):
+            bad("real_label", "give (low, high) with 0 < low <= high, e.g. (0.9, 0.9) or (0.7, 1.2)")
+        if self.loss == "wgan-gp" and self.d_norm == "batch":
+            bad("d_norm", "the gradient penalty is per sample, so a WGAN-GP critic must not use "
+                "BatchNorm; use 'layer' or 'none'")
+        if self.instance_noise < 0 or self.gp_weight < 0:
+            bad("instance_noise", "noise and penalty weights must be >= 0")
+        return self
+
+    def replace(self, **changes) -> Config:
+        return dataclasses.replace(self, **changes).validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Config:
+        """A validated Config from plain values (a preset, a checkpoint's saved configuration).
+
+        Names from older checkpoints are translated, so files already shipped keep loading.
+        """
+        values = {LEGACY_NAMES.get(k, k): v for k, v in values.items() if k != "cpu_bf16"}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown configuration fields {sorted(unknown)}; known fields: {sorted(known)}")
+        if "arch" in values:
+            values["arch"] = LEGACY_ARCH.get(values["arch"], values["arch"])
+        if "real_label" in values:
+            values["real_label"] = tuple(float(v) for v in values["real_label"])
+        return cls(**values).validate()
+
+
+def field_help() -> dict[str, str]:
+    """Each Config field's documentation: the comment after it in the class body, plus its default."""
+    defaults = Config()
+    found = re.findall(r"^\s{4}(\w+): [^=\n]+= [^#\n]+#\s*(.+)$", inspect.getsource(Config), re.M)
+    return {name: f"{text} (default: {getattr(defaults, name)!r})" for name, text in found}
+
+
+#: Each preset reproduces one known recipe; the notebook's table says where each comes from.
+PRESETS: dict[str, dict] = {
+    # 32x32, 3 stride-2 convs, conv_dim 32, no smoothing, Adam 0.002 (0.5, 0.99).
+    "small32": dict(arch="linear-stem", image_size=32, z_size=100, g_conv_dim=32, d_conv_dim=32, n_layers=3,
+                    lr_g=0.002, lr_d=0.002, beta1=0.5, beta2=0.99, real_label=(1.0, 1.0), batch_size=64),
+    # 32x32, 4 stride-2 convs, conv_dim 64, real labels 0.9, Adam 2e-4 (0.5, 0.999).
+    "classic32": dict(arch="linear-stem", image_size=32, z_size=100, g_conv_dim=64, d_conv_dim=64, n_layers=4,
+                      lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, real_label=(0.9, 0.9), batch_size=64),
+    # Radford et al. 2016 at 64x64 with a [B,128,1,1] latent.
+    "dcgan64": dict(arch="dcgan", image_size=64, z_size=128, g_conv_dim=64, d_conv_dim=64,
+                    lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, real_label=(0.9, 0.9), batch_size=64),
+    # The "GAN hacks" variant: dropout in D, LeakyReLU in G, noisy labels, instance noise.
+    "improved64": dict(arch="dcgan", image_size=64, z_size=100, g_conv_dim=64, d_conv_dim=64, g_activation="leaky",
+                       d_dropout=0.3, real_label=(0.7, 1.2), instance_noise=0.1,
+                       lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, batch_size=64),
+    # Gulrajani et al. 2017: critic without BatchNorm (layer norm), gradient penalty 10, 5 critic steps.
+    "wgangp64": dict(arch="dcgan", image_size=64, z_size=128, g_conv_dim=64, d_conv_dim=64, d_norm="layer",
+                     loss="wgan-gp", gp_weight=10.0, n_critic=5, lr_g=1e-4, lr_d=1e-4,
+                     beta1=0.0, beta2=0.9, batch_size=64),
+    # Miyato et al. 2018 / SAGAN: hinge loss, spectral norm in D, TTUR learning rates.
+    "hinge_sn64": dict(arch="dcgan", image_size=64, z_size=128, g_conv_dim=64, d_conv_dim=64, d_norm="spectral",
+                       loss="hinge", lr_g=1e-4, lr_d=4e-4, beta1=0.0, beta2=0.9, batch_size=64),
+}
+
+
+def make_config(preset: str = "small32", **overrides) -> Config:
+    """The configuration of a named preset, with any fields overridden."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return Config.from_dict({**PRESETS[preset], **overrides, "preset": preset})
+
+
+def in_ci() -> bool:
+    """True when running under CI (the ``CI`` environment variable is set and not 0/false)."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")

@@ -1,0 +1,194 @@
+"""Models: the classic 32x32 DCGAN pair, the five-layer 64x64 DCGAN pair, and their init.
+
+DCGAN (Radford, Metz & Chintala, 2016) made GANs train reliably with a few
+architectural rules: strided convolutions instead of pooling (D learns its own
+down-sampling), transposed convolutions in G, BatchNorm in both nets (except
+D's input and G's output layers), LeakyReLU(0.2) in D, ReLU in G and tanh on
+G's output, so that images live in [-1, 1].
+
+Every model takes one width knob, ``conv_dim``: the channels of D's first layer and of
+G's last hidden layer (the DCGAN paper's ndf and ngf).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .config import Config
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":
+        # Layer norm over (C, H, W) per sample: what WGAN-GP recommends instead of BatchNorm.
+        return nn.GroupNorm(1, channels)
+    return nn.Identity()
+
+
+def _spectral(module: nn.Module) -> nn.Module:
+    """Spectral normalisation (Miyato et al. 2018): divide W by its largest singular value,
+    estimated by one power iteration per step, so each layer is 1-Lipschitz."""
+    return nn.utils.parametrizations.spectral_norm(module)
+
+
+class Discriminator(nn.Module):
+    """The classic 32x32 discriminator: stride-2 convolutions, then one linear layer.
+
+    ``n_layers`` convolutions with 4x4 kernels and stride 2 halve the image each
+    time while the channels double (conv_dim, 2*conv_dim, ...).  BatchNorm follows
+    every convolution but the first; a linear layer turns the final feature map
+    into one logit per image (no sigmoid: the loss applies it).
+    """
+
+    def __init__(self, conv_dim: int = 32, n_layers: int = 3, image_size: int = 32,
+                 norm: str = "batch", dropout: float = 0.0):
+        super().__init__()
+        self.conv_dim, self.n_layers = conv_dim, n_layers
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for i in range(n_layers):
+            out_ch = conv_dim * 2**i
+            use_norm = i > 0 and norm in ("batch", "layer")
+            conv = nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=not use_norm)  # BN has its own bias
+            layers += [_spectral(conv) if norm == "spectral" else conv]
+            if use_norm:
+                layers.append(_norm(norm, out_ch))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        side = image_size // 2**n_layers
+        fc = nn.Linear(in_ch * side * side, 1)
+        self.fc = _spectral(fc) if norm == "spectral" else fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).flatten(1))
+
+
+class Generator(nn.Module):
+    """The classic 32x32 generator: a linear "project and reshape" stem, then transposed convs.
+
+    z (N, z_size) is mapped by a linear layer to a small, deep feature map
+    (e.g. 128x4x4 = 2048 values), which ``n_layers`` stride-2 transposed
+    convolutions double in size and halve in depth until it is a 3-channel
+    image; tanh squashes it into [-1, 1].
+    """
+
+    def __init__(self, z_size: int = 100, conv_dim: int = 32, n_layers: int = 3,
+                 image_size: int = 32, activation: str = "relu"):
+        super().__init__()
+        self.z_size, self.conv_dim, self.n_layers = z_size, conv_dim, n_layers
+        self.top = conv_dim * 2**(n_layers - 1)
+        self.side = image_size // 2**n_layers
+        self.fc = nn.Linear(z_size, self.top * self.side * self.side)
+        act = (lambda: nn.LeakyReLU(0.2, inplace=True)) if activation == "leaky" else (lambda: nn.ReLU(True))
+        layers: list[nn.Module] = [nn.BatchNorm2d(self.top), act()]
+        ch = self.top
+        for _i in range(n_layers - 1):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), act()]
+            ch //= 2
+        layers += [nn.ConvTranspose2d(ch, 3, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.fc(z.flatten(1)).view(-1, self.top, self.side, self.side)
+        return self.net(x)
+
+
+class DCGANDiscriminator(nn.Module):
+    """The five-layer 64x64 DCGAN discriminator (all convolutional).
+
+    64 -> 32 -> 16 -> 8 -> 4 with 4x4 stride-2 convolutions (ndf, 2ndf, 4ndf,
+    8ndf channels), then a 4x4 convolution without padding reduces the 4x4 map
+    to one logit.  ``norm`` picks BatchNorm (DCGAN), layer norm (a WGAN-GP
+    critic) or spectral norm (hinge GAN); ``dropout`` is the "improved" recipe's.
+    """
+
+    def __init__(self, conv_dim: int = 64, norm: str = "batch", dropout: float = 0.0):
+        super().__init__()
+        self.conv_dim = ndf = conv_dim
+        wrap = _spectral if norm == "spectral" else (lambda m: m)
+        chans = [3, ndf, ndf * 2, ndf * 4, ndf * 8]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            use_norm = i > 0 and norm in ("batch", "layer")
+            layers.append(wrap(nn.Conv2d(chans[i], chans[i + 1], 4, 2, 1, bias=not use_norm)))
+            if use_norm:
+                layers.append(_norm(norm, chans[i + 1]))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+        layers.append(wrap(nn.Conv2d(ndf * 8, 1, 4, 1, 0)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten(1)
+
+
+class DCGANGenerator(nn.Module):
+    """The five-layer 64x64 DCGAN generator, from a latent of shape (N, z, 1, 1).
+
+    A 4x4 transposed convolution without padding turns the 1x1 latent into a
+    4x4 map with 8ngf channels; four stride-2 transposed convolutions take it
+    to 8, 16, 32 and 64 pixels, the last one with 3 channels and tanh.
+    """
+
+    def __init__(self, z_size: int = 128, conv_dim: int = 64, activation: str = "relu"):
+        super().__init__()
+        self.z_size, self.conv_dim = z_size, conv_dim
+        ngf = conv_dim
+        act = (lambda: nn.LeakyReLU(0.2, inplace=True)) if activation == "leaky" else (lambda: nn.ReLU(True))
+        chans = [z_size, ngf * 8, ngf * 4, ngf * 2, ngf]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            stride, pad = (1, 0) if i == 0 else (2, 1)
+            layers += [nn.ConvTranspose2d(chans[i], chans[i + 1], 4, stride, pad, bias=False),
+                       nn.BatchNorm2d(chans[i + 1]), act()]
+        layers += [nn.ConvTranspose2d(ngf, 3, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z.view(z.size(0), self.z_size, 1, 1))
+
+
+def weights_init_normal(m: nn.Module) -> None:
+    """DCGAN initialisation: conv and linear weights ~ N(0, 0.02), biases 0; BatchNorm scale ~ N(1, 0.02).
+
+    Use as ``model.apply(weights_init_normal)``.  With spectral norm the raw
+    weight lives in ``parametrizations.weight.original``, and that is what we set.
+    """
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        weight = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+        nn.init.normal_(weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+def build_models(cfg: Config) -> tuple[nn.Module, nn.Module]:
+    """(D, G) for a configuration, initialised with ``weights_init_normal``."""
+    if cfg.arch == "linear-stem":
+        D = Discriminator(cfg.d_conv_dim, cfg.n_layers, cfg.image_size, cfg.d_norm, cfg.d_dropout)
+        G = Generator(cfg.z_size, cfg.g_conv_dim, cfg.n_layers, cfg.image_size, cfg.g_activation)
+    else:
+        D = DCGANDiscriminator(cfg.d_conv_dim, cfg.d_norm, cfg.d_dropout)
+        G = DCGANGenerator(cfg.z_size, cfg.g_conv_dim, cfg.g_activation)
+    D.apply(weights_init_normal)
+    G.apply(weights_init_normal)
+    return D, G
+
+
+def sample_latent(n: int, cfg: Config, device: torch.device | str = "cpu",
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """z ~ N(0, I): shape (n, z) for the linear-stem models, (n, z, 1, 1) for the 64x64 DCGANs."""
+    shape = (n, cfg.z_size) if cfg.arch == "linear-stem" else (n, cfg.z_size, 1, 1)
+    return torch.randn(shape, device=device, generator=generator)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """How many numbers the model learns."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,101 @@
+"""Plots: image grids, loss and FID curves, fixed latents over training, a progress GIF.
+
+matplotlib and PIL are imported inside the functions that draw, so that training
+and serving never pay for them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .sampling import to_uint8
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8) -> np.ndarray:
+    """A batch (float in [-1, 1] or uint8) as one HxWx3 uint8 picture, via torchvision's make_grid."""
+    from torchvision.utils import make_grid
+
+    if images.dtype != torch.uint8:
+        images = to_uint8(images)
+    grid = make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=255)
+    return grid.permute(1, 2, 0).numpy()
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
+    """``image_grid`` written as a PNG file."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image_grid(images, nrow)).save(path)
+    return path
+
+
+def show_images(images: torch.Tensor, nrow: int = 8, title: str | None = None, size: float = 6.0):
+    """Show a batch of images as a grid; returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(image_grid(images, nrow))
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_losses(history: dict):
+    """Loss curves of D and G, and the mean scores D gives to real and fake images."""
+    import matplotlib.pyplot as plt
+
+    with_fid = bool(history.get("fid"))
+    fig, axes = plt.subplots(1, 3 if with_fid else 2, figsize=(18 if with_fid else 12, 4))
+    ax1, ax2 = axes[:2]
+    steps = history["step"]
+    if with_fid:
+        axes[2].plot(history["fid_step"], history["fid"], "o-", color="C2")
+        axes[2].set(xlabel="step", ylabel="FID (lower is better)", title="Sample quality", yscale="log")
+    ax1.plot(steps, history["d_loss"], label="discriminator", alpha=0.8)
+    ax1.plot(steps, history["g_loss"], label="generator", alpha=0.8)
+    ax1.set(xlabel="step", ylabel="loss", title="Training losses")
+    ax1.legend()
+    ax2.plot(steps, history["d_real"], label="D(x), real")
+    ax2.plot(steps, history["d_fake"], label="D(G(z)), fake")
+    ax2.set(xlabel="step", ylabel="mean D output", title="What D thinks")
+    ax2.legend()
+    fig.tight_layout()
+    return fig
+
+
+def show_samples_over_training(samples: list, n_images: int = 8, max_rows: int = 8):
+    """One row of fixed-latent samples per sample point: the same faces, emerging over training."""
+    import matplotlib.pyplot as plt
+
+    if not samples:
+        raise ValueError("no samples recorded yet: train for at least one epoch (or set sample_every)")
+    picks = samples if len(samples) <= max_rows else \
+        [samples[round(i)] for i in np.linspace(0, len(samples) - 1, max_rows)]
+    rows = torch.cat([imgs[:n_images] for _, imgs in picks])
+    fig, ax = plt.subplots(figsize=(n_images * 1.1, len(picks) * 1.2))
+    ax.imshow(image_grid(rows, nrow=n_images))
+    side = picks[0][1].shape[-1] + 2
+    ax.set_yticks([side * (i + 0.5) for i in range(len(picks))], [f"step {s}" for s, _ in picks])
+    ax.set_xticks([])
+    ax.set_title("Fixed latent vectors over training")
+    return fig
+
+
+def save_progress_gif(samples: list, path: str | Path, n_images: int = 16, nrow: int = 4,
+                      duration_ms: int = 150) -> Path:
+    """An animated GIF of the fixed-latent grids over training (the last frame held longer)."""
+    from PIL import Image
+
+    if not samples:
+        raise ValueError("no samples recorded: train for at least one epoch (or set sample_every)")
+    frames = [Image.fromarray(image_grid(images[:n_images], nrow)) for _, images in samples]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:] + [frames[-1]] * 10,
+                   duration=duration_ms, loop=0)
+    return path
