@@ -94,7 +94,7 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "global" in str(e).lower():
+        if "unsupported global" in str(e).lower():
             raise CheckpointError(
                 f"{path} was refused: it holds Python objects beyond tensors and plain values, and "
                 "loading those could run code. Load only files you trust, re-exported by this "

@@ -22,6 +22,8 @@ from pathlib import Path
 from .checkpoint import CHECKPOINT, CheckpointError, load_generator, read_checkpoint
 from .config import PRESETS, PROJECT_ROOT, Config, field_help, make_config
 from .data import DataError, resolve_image_dir
+from .serve import add_arguments as add_serve_arguments
+from .serve import run_from_args as cmd_serve
 from .step import pick_device, training_precision
 from .train import TrainingDiverged, train
 
@@ -177,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", metavar="CHECKPOINT", default=None,
                    help="instead: how much bf16 changes this checkpoint's updates, next to minibatch noise")
     p.set_defaults(handler=cmd_bench)
+
+    p = sub.add_parser("serve", parents=[common], help="faces over HTTP, with a gallery page",
+                       formatter_class=show_defaults)
+    add_serve_arguments(p)
+    p.set_defaults(handler=cmd_serve)
     return parser
 
 

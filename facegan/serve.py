@@ -250,11 +250,13 @@ def _is_loopback(host: str) -> bool:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``serve`` subcommand's options."""
+    # Help texts name %(default)s themselves, so that ArgumentDefaultsHelpFormatter adds nothing.
     parser.add_argument("--generator", default=str(DEFAULT_GENERATOR),
-                        help="a checkpoint.pt or an exported generator (default: the shipped 32px one)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+                        help="a checkpoint.pt or an exported generator (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on; 127.0.0.1 is this machine only (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:

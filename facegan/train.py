@@ -91,8 +91,12 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
     count = 0
     t0, seen = time.perf_counter(), 0
     deadline = t0 + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
-    next_checkpoint = t0 + 60 * cfg.checkpoint_minutes if cfg.checkpoint_minutes else math.inf
-    good_step = state.step  # the last step whose weights were checked finite
+
+    def checkpoint_due_from(now: float) -> float:
+        return now + 60 * cfg.checkpoint_minutes if cfg.checkpoint_minutes else math.inf
+
+    next_checkpoint = checkpoint_due_from(t0)
+    saved_step = state.step  # the step of the checkpoint on disk
     in_main = threading.current_thread() is threading.main_thread()
     old_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if in_main else None
     bar = tqdm(total=state.total_steps, initial=state.step, desc=cfg.preset, unit="step", disable=not progress)
@@ -111,10 +115,9 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
                     record = {k: (v / count).item() for k, v in sums.items()}
                     problem = _non_finite(state, record)
                     if problem:
-                        kept = f"; the last good checkpoint (step {good_step}) is kept" if out else ""
+                        kept = f"; the last good checkpoint (step {saved_step}) is kept" if out else ""
                         raise TrainingDiverged(f"training diverged at step {state.step}: {problem}{kept}. "
                                                "Lower the learning rates, or try --amp false")
-                    good_step = state.step
                     for k, v in record.items():
                         state.history[k].append(v)
                     state.history["step"].append(state.step)
@@ -140,22 +143,22 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
                         state.samples.append((state.step, to_uint8(generate(state.sampler, state.fixed_z))))
                     if out and _non_finite(state, {}) is None:  # never save weights that are not finite
                         save_run(state, out)
-                        next_checkpoint = time.perf_counter() + 60 * cfg.checkpoint_minutes
+                        saved_step = state.step
+                        next_checkpoint = checkpoint_due_from(time.perf_counter())
                 elif out and logged and time.perf_counter() >= next_checkpoint:
                     save_checkpoint(state, out / CHECKPOINT)  # mid-epoch: resumes at this very batch
-                    next_checkpoint = time.perf_counter() + 60 * cfg.checkpoint_minutes
+                    saved_step = state.step
+                    next_checkpoint = checkpoint_due_from(time.perf_counter())
                 if state.step >= state.total_steps or time.perf_counter() >= deadline:
                     break
     except KeyboardInterrupt:
         state.interrupted = True
         bar.close()
-        if out and state.step > good_step:
-            # Steps since the last check are checked now; unchecked weights are never saved.
-            if _non_finite(state, {}) is None:
-                save_checkpoint(state, out / CHECKPOINT)
-                good_step = state.step
+        if out and state.step > saved_step and _non_finite(state, {}) is None:  # never save NaN weights
+            save_checkpoint(state, out / CHECKPOINT)
+            saved_step = state.step
         if out:
-            print(f"\nstopped at step {state.step}; checkpoint at step {good_step} in {out / CHECKPOINT}. "
+            print(f"\nstopped at step {state.step}; checkpoint at step {saved_step} in {out / CHECKPOINT}. "
                   f"Resume with: python helpers.py train --out {out} --resume")
         return state
     finally:
@@ -164,7 +167,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
             signal.signal(signal.SIGTERM, old_handler)
     if not state.samples or state.samples[-1][0] != state.step:  # always end with a grid of the final G
         state.samples.append((state.step, to_uint8(generate(state.sampler, state.fixed_z))))
-    if out and seen:
+    if out and seen and saved_step != state.step:  # stopped mid-epoch (max_steps, max_minutes)
         save_run(state, out)
     state.images_per_second = seen / max(time.perf_counter() - t0, 1e-9)
     return state

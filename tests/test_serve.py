@@ -216,10 +216,8 @@ def test_startup_refuses_a_missing_generator_in_one_line(tmp_path, capsys):
 
 
 def server_command(*args: str) -> list[str]:
-    """``python -m facegan serve``; ``python -m facegan.serve`` (the same options) until the CLI wires it."""
-    if "run_from_args" in (ROOT / "facegan" / "cli.py").read_text():  # TODO: drop the fallback once wired
-        return [sys.executable, "-m", "facegan", "serve", *args]
-    return [sys.executable, "-m", "facegan.serve", *args]
+    """What a user types: ``python helpers.py serve ...``."""
+    return [sys.executable, "helpers.py", "serve", *args]
 
 
 def test_real_server_process_serves_and_stops(model, tmp_path):

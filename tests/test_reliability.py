@@ -1,0 +1,191 @@
+"""Nothing lost, nothing run by accident: kills, signals, corrupt files, NaNs, unsafe pickles, stale data."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import jpeg_bytes
+
+from facegan import checkpoint, cli, config, data, train
+
+ROOT = Path(__file__).resolve().parents[1]
+#: small32 on 256 faces, 16 steps an epoch, a checkpoint after every logged step, exact fp32, one thread.
+RUN_FLAGS = ["--amp", "false", "--subset", "256", "--batch-size", "16", "--log-every", "1",
+             "--checkpoint-minutes", "0.0002", "--seed", "1"]
+
+
+def _cli(out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "facegan", "train", "--out", str(out), *RUN_FLAGS, *extra],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_step(out: Path, at_least: int, timeout: float = 120) -> int:
+    """Poll the run's checkpoint until it holds ``at_least`` steps; return the step."""
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            step = checkpoint.read_checkpoint(out / "checkpoint.pt")["step"]
+            if step >= at_least:
+                return step
+        except (FileNotFoundError, checkpoint.CheckpointError):
+            pass  # not written yet, or caught between the two renames
+        time.sleep(0.05)
+    raise TimeoutError(f"no checkpoint with {at_least} steps in {out}")
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    ckpt = checkpoint.read_checkpoint(path)
+    out = {f"D.{k}": v for k, v in ckpt["D"].items()} | {f"G.{k}": v for k, v in ckpt["G"].items()}
+    for net in ("d_opt", "g_opt"):
+        for i, s in ckpt[net]["state"].items():
+            out |= {f"{net}.{i}.{k}": v for k, v in s.items() if torch.is_tensor(v)}
+    return out
+
+
+def test_two_sigkills_and_resumes_end_with_the_same_weights_bit_for_bit(celeba_dir, tmp_path):
+    steps = ["--max-steps", "40"]
+    full = _cli(tmp_path / "full", *steps)
+    assert full.wait(timeout=300) == 0, full.stdout.read()
+    killed = tmp_path / "killed"
+    run = _cli(killed, *steps)
+    for kill_at in (6, 22):  # once in the first epoch, once in the second: both mid-epoch
+        _wait_for_step(killed, kill_at)
+        run.kill()  # SIGKILL: no handler runs, whatever was on disk is all there is
+        run.wait()
+        assert checkpoint.read_checkpoint(killed / "checkpoint.pt")["step"] < 40
+        run = _cli(killed, "--resume", *steps)
+    output = run.communicate(timeout=300)[0]
+    assert run.returncode == 0 and "resumed from" in output, output
+    a, b = _weights(tmp_path / "full" / "checkpoint.pt"), _weights(killed / "checkpoint.pt")
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(celeba_dir, tmp_path):
+    run = _cli(tmp_path, "--max-steps", "100000", "--checkpoint-minutes", "0")  # epoch-end checkpoints only
+    time.sleep(0.5)
+    _wait_for_step(tmp_path, 16)  # the first epoch's checkpoint
+    time.sleep(1.0)  # a few steps into the second epoch
+    run.send_signal(signal.SIGTERM)
+    output = run.communicate(timeout=120)[0]
+    assert run.returncode == 130, output
+    assert "Resume with: python helpers.py train --out" in output
+    saved = checkpoint.read_checkpoint(tmp_path / "checkpoint.pt")["step"]
+    assert f"checkpoint at step {saved}" in output and saved > 16  # saved at the stop, not the epoch end
+
+
+def test_a_corrupt_checkpoint_is_named_and_resume_falls_back_to_the_previous(celeba_dir, tmp_path, capsys):
+    cfg = config.make_config("small32", batch_size=16, subset=64, epochs=3, log_every=1, amp=False)
+    train.train(cfg.replace(max_steps=8), tmp_path, progress=False)  # epoch ends at 4 and 8
+    previous = checkpoint.read_checkpoint(tmp_path / checkpoint.PREVIOUS)["step"]
+    assert previous == 4
+    path = tmp_path / checkpoint.CHECKPOINT
+    path.write_bytes(path.read_bytes()[:1000])  # truncated, as by a full disk
+    with pytest.raises(checkpoint.CheckpointError, match="checkpoint.pt is truncated or corrupt"):
+        checkpoint.read_checkpoint(path)
+    state = train.train(cfg, tmp_path, resume=True, progress=False)
+    out = capsys.readouterr().out
+    assert "resuming from the previous checkpoint" in out and "checkpoint.prev.pt (step 4)" in out
+    assert state.step == 12 and state.history["step"] == list(range(1, 13))
+
+
+def test_a_nan_stops_training_and_keeps_the_last_good_checkpoint(celeba_dir, tmp_path, monkeypatch):
+    real_step = train.train_step
+
+    def poisoned_step(state, real):  # from step 7 on, D's first weight is NaN
+        metrics = real_step(state, real)
+        if state.step >= 7:
+            with torch.no_grad():
+                weight = next(state.D.parameters())
+                weight[(0,) * weight.dim()] = float("nan")
+        return metrics
+
+    monkeypatch.setattr(train, "train_step", poisoned_step)
+    cfg = config.make_config("small32", batch_size=16, subset=64, epochs=5, log_every=3, amp=False,
+                             checkpoint_minutes=0)
+    message = r"diverged at step 9: d_loss is nan.*checkpoint \(step 4\) is kept"
+    with pytest.raises(train.TrainingDiverged, match=message):
+        train.train(cfg, tmp_path, progress=False)  # checked at 3, 6, 9
+    kept = checkpoint.read_checkpoint(tmp_path / checkpoint.CHECKPOINT)
+    assert kept["step"] == 4  # the epoch end; step 8's epoch end had a NaN weight and was not saved
+    assert all(torch.isfinite(v).all() for v in kept["D"].values() if v.is_floating_point())
+
+
+class _RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_does_not_run(tmp_path):
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "generator.pt"
+    torch.save({"config": config.make_config("small32").to_dict(), "G": {}, "payload": _RunsCode(marker)}, evil)
+    with pytest.raises(checkpoint.CheckpointError, match="generator.pt was refused: .*could run code"):
+        checkpoint.load_generator(evil)
+    assert not marker.exists()
+    assert cli.main(["sample", "--generator", str(evil), "--n", "1", "--out", str(tmp_path / "s")]) == 2
+    assert not marker.exists()
+
+
+def test_shipped_generators_load_safely():
+    G, cfg = checkpoint.load_generator(ROOT / "assets" / "generator_32px.pt")
+    assert cfg.arch == "linear-stem" and cfg.g_conv_dim == 32  # saved as arch "fc" and g_dim
+    assert G(torch.zeros(1, cfg.z_size)).shape == (1, 3, 32, 32)
+
+
+def test_a_changed_archive_is_extracted_again(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FACEGAN_CACHE", str(tmp_path / "cache"))
+    archive = tmp_path / "processed-celeba-small.zip"
+
+    def write_archive(n: int) -> None:
+        with zipfile.ZipFile(archive, "w") as zf:
+            for i in range(n):
+                zf.writestr(f"faces/{i:06d}.jpg", jpeg_bytes(i))
+
+    write_archive(3)  # a wrong, partial archive
+    assert len(data.list_images(data.resolve_image_dir(archive))) == 3
+    write_archive(7)  # the good one, under the same name
+    folder = data.resolve_image_dir(archive)
+    assert len(data.list_images(folder)) == 7 and "extracting it again" in capsys.readouterr().out
+    assert data.resolve_image_dir(archive) == folder and "again" not in capsys.readouterr().out  # reused
+
+
+def test_a_corrupt_image_is_one_short_cli_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FACEGAN_CACHE", str(tmp_path / "cache"))
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for i in range(20):
+        (faces / f"{i:03d}.jpg").write_bytes(jpeg_bytes(i))
+    (faces / "007.jpg").write_bytes(b"not a jpeg")
+    code = cli.main(["train", "--data", str(faces), "--batch-size", "4", "--max-steps", "1", "--out",
+                     str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot read image" in err and "007.jpg" in err, err
+    message = err[err.index("error:"):]  # what comes before it is the cache's progress bar
+    assert "Traceback" not in err and len(message.strip().splitlines()) <= 2
+
+
+def test_nested_folders_name_the_cli_flag(tmp_path):
+    (tmp_path / "faces" / "sub").mkdir(parents=True)
+    (tmp_path / "faces" / "sub" / "a.jpg").write_bytes(jpeg_bytes(0))
+    with pytest.raises(data.DataError, match="--recursive true"):
+        data.resolve_image_dir(tmp_path / "faces")
+
+
+def test_resuming_a_finished_run_says_so(celeba_dir, tmp_path, capsys):
+    args = ["train", "--out", str(tmp_path), "--subset", "64", "--batch-size", "16", "--max-steps", "2"]
+    assert cli.main(args) == 0
+    assert cli.main([*args, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "already complete at step 2" in out and "0 img/s" not in out
