@@ -80,16 +80,19 @@ def step_flops(cfg: Config, batch_size: int) -> float:
     return float(counter.get_total_flops())
 
 
-def _bench_worker(preset: str, pipeline: str, steps: int, warmup: int, subset: int, device: str, queue) -> None:
+def _bench_worker(preset: str, pipeline: str, steps: int, warmup: int, subset: int, device: str, queue,
+                  batch_size: int = 0, compile_mode: str = "") -> None:
     """Runs in a fresh process, so that its peak memory is its own.
 
     ``pipeline``: "classic", "fast" (the preset's own settings), "fast-fp32" or "fast-bf16".
+    ``compile_mode``: "" (eager), "default" (torch.compile) or "reduce-overhead" (compile with
+    CUDA graphs); the warm-up steps, which include compiling, are timed separately.
     """
     import resource
 
     torch.manual_seed(0)
     dev = torch.device(device)
-    cfg = make_config(preset, subset=subset, device=device)
+    cfg = make_config(preset, subset=subset, device=device, **({"batch_size": batch_size} if batch_size else {}))
     if pipeline == "classic":
         cfg = cfg.replace(channels_last=False, fused_adam=False, amp=False)
         loader = get_dataloader(cfg.batch_size, cfg.image_size, cfg.data, subset=subset)
@@ -121,12 +124,17 @@ def _bench_worker(preset: str, pipeline: str, steps: int, warmup: int, subset: i
                 yield from data.epoch(epoch)
                 epoch += 1
 
+        if compile_mode:
+            state.D, state.G = (torch.compile(m, mode=compile_mode) for m in (state.D, state.G))
+
         def run(real):
             train_step(state, real)
     stream = batches()
+    t = time.perf_counter()
     for _ in range(warmup):
         run(next(stream))
     _sync(dev)
+    warmup_s = time.perf_counter() - t
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
@@ -136,8 +144,8 @@ def _bench_worker(preset: str, pipeline: str, steps: int, warmup: int, subset: i
     seconds = time.perf_counter() - t
     peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    queue.put({"img_s": steps * cfg.batch_size / seconds, "peak_mb": peak_mb,
-               "precision": training_precision(cfg, dev)})
+    queue.put({"img_s": steps * cfg.batch_size / seconds, "peak_mb": peak_mb, "warmup_s": warmup_s,
+               "precision": training_precision(cfg, dev), "batch_size": cfg.batch_size})
 
 
 def sgd_update(state: TrainState, real: torch.Tensor, seed: int = 0,
@@ -196,11 +204,21 @@ def precision_report(checkpoint: str | Path, batches: int = 4) -> dict[str, floa
     return mean
 
 
-def _run_worker(ctx, *args) -> dict:
+def _run_worker(ctx, *args, **kwargs) -> dict:
+    """``_bench_worker`` in a fresh process; ``{"error": ...}`` if it dies (e.g. out of GPU memory)."""
+    import queue as queues
+
     queue = ctx.Queue()
-    proc = ctx.Process(target=_bench_worker, args=(*args, queue))
+    proc = ctx.Process(target=_bench_worker, args=(*args, queue), kwargs=kwargs)
     proc.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=1.0)
+            break
+        except queues.Empty:
+            if not proc.is_alive():
+                result = {"error": f"the worker exited with code {proc.exitcode}"}
+                break
     proc.join()
     return result
 
