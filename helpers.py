@@ -6,7 +6,9 @@ single import.  Notebook section -> functions -> module:
 
     1. Get the data           ensure_celeba, list_images, read_image, resolve_image_dir,
                               FaceImages, DataError                          facegan/data.py
+    0. Set-up (Colab)         prepare                                         facegan/setup.py
     2. Pre-process the data   get_dataloader, scale, image_transform          facegan/data.py
+                              training_batches (the fast cached batches)      facegan/batches.py
     3. The discriminator      Discriminator, DCGANDiscriminator               facegan/models.py
     4. The generator          Generator, DCGANGenerator, weights_init_normal,
                               build_models, count_parameters, sample_latent   facegan/models.py
@@ -34,6 +36,8 @@ It is also the command line, the same as ``python -m facegan``::
 from __future__ import annotations
 
 import sys
+
+from facegan.batches import training_batches
 
 # 8. Results
 from facegan.checkpoint import export_generator, load_checkpoint, load_generator, save_checkpoint
@@ -81,6 +85,7 @@ from facegan.models import (
 )
 from facegan.plots import plot_losses, save_progress_gif, show_images, show_samples_over_training
 from facegan.sampling import face_for_seed, generate, interpolate_faces, slerp, truncated_latent
+from facegan.setup import prepare
 
 # 6. Optimisers and the training step
 from facegan.step import (
@@ -97,7 +102,7 @@ from facegan.train import train
 __all__ = [
     # 1-2. data
     "DataError", "FaceImages", "ensure_celeba", "get_dataloader", "image_transform", "list_images",
-    "read_image", "resolve_image_dir", "scale",
+    "read_image", "resolve_image_dir", "scale", "training_batches", "prepare",
     # 3-4. models
     "DCGANDiscriminator", "DCGANGenerator", "Discriminator", "Generator", "build_models",
     "count_parameters", "sample_latent", "weights_init_normal",

@@ -29,35 +29,119 @@ def find_solution(name: str):
     raise ValueError(f"{name!r} is imported in a solution region but defined in none of {TEACHING_MODULES}")
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
-EXERCISE_TODOS = {
-    "get_dataloader": "Build the transform (Resize, CenterCrop, RandomHorizontalFlip, ToTensor, then Normalize "
-                      "with mean and std 0.5 to reach [-1, 1]), a dataset of the images in "
-                      "helpers.resolve_image_dir(data_dir) (helpers.FaceImages takes a folder and a transform), "
-                      "and return a DataLoader with batch_size, shuffle=True and drop_last=True.",
-    "scale": "Map x from [0, 1] to feature_range: x * (max - min) + min.",
-    "Discriminator.__init__": "n_layers Conv2d layers, kernel 4, stride 2, padding 1; channels conv_dim, "
-                              "2*conv_dim, 4*conv_dim...; BatchNorm2d after all but the first; LeakyReLU(0.2). "
-                              "Then one nn.Linear from the flattened feature map to 1 output.",
-    "Discriminator.forward": "Apply the convolutions, flatten with x.flatten(1) (keep the batch dimension), "
-                             "apply the linear layer. Return the logits: no sigmoid.",
-    "Generator.__init__": "nn.Linear(z_size, top * side * side) with top = conv_dim * 2**(n_layers - 1) and "
-                          "side = image_size // 2**n_layers; then BatchNorm2d + ReLU, and n_layers "
-                          "ConvTranspose2d layers (kernel 4, stride 2, padding 1) halving the channels, "
-                          "the last one to 3 channels followed by tanh.",
-    "Generator.forward": "Apply the linear layer to z.flatten(1), reshape to (N, top, side, side), then apply "
-                         "the transposed convolutions.",
-    "weights_init_normal": "For Conv2d, ConvTranspose2d and Linear modules: nn.init.normal_(m.weight, 0.0, 0.02) "
-                           "and nn.init.zeros_(m.bias) when there is a bias.",
-    "real_loss": "labels = 1 (0.9 when smooth is True, the value itself when smooth is a number), then "
-                 "nn.BCEWithLogitsLoss() on the raw D_out and the labels.",
-    "fake_loss": "labels = 0, then nn.BCEWithLogitsLoss() on the raw D_out and the labels.",
-    "discriminator_step": "zero_grad; fake = G(z).detach(); loss = real_loss(D(real_images), smooth) + "
-                          "fake_loss(D(fake)); backward; step; return the loss.",
-    "generator_step": "zero_grad; loss = real_loss(D(G(z))) (G wants its fakes called real); backward; step; "
-                      "return the loss.",
-    "d_optimizer": "torch.optim.Adam over D.parameters(), lr 2e-4, betas (0.5, 0.999)",
-    "g_optimizer": "torch.optim.Adam over G.parameters(), lr 2e-4, betas (0.5, 0.999)",
+#: What each scaffold shows: the signature a learner writes (only the teaching arguments: none of the
+#: engine's extras such as norm, dropout, num_workers or crop), a one-line docstring, a nudge in the
+#: TODO, and two graded hints that the exercise shows collapsed under the cell: a hint, then the key lines.
+EXERCISE_STUBS: dict[str, dict] = {
+    "get_dataloader": dict(
+        signature='(batch_size: int, image_size: int, data_dir: str = "celeba") -> DataLoader',
+        doc="A shuffling DataLoader of face tensors in [-1, 1], each of shape (3, image_size, image_size).",
+        todo="turn each image into a tensor in [-1, 1] of the right size, and serve them in shuffled batches.",
+        hint="Chain five transforms: Resize, CenterCrop, RandomHorizontalFlip, ToTensor, Normalize. "
+             "`helpers.FaceImages(folder, transform)` is a dataset of a folder, and "
+             "`helpers.resolve_image_dir(data_dir)` finds the folder.",
+        lines="transform = transforms.Compose([\n"
+              "    transforms.Resize(image_size), transforms.CenterCrop(image_size), "
+              "transforms.RandomHorizontalFlip(),\n"
+              "    transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])\n"
+              "dataset = helpers.FaceImages(helpers.resolve_image_dir(data_dir), transform)\n"
+              "return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True)"),
+    "scale": dict(
+        signature="(x: torch.Tensor, feature_range: tuple = (-1, 1)) -> torch.Tensor",
+        doc="Map x from [0, 1] to feature_range.",
+        todo="stretch [0, 1] to the width of feature_range, then shift it.",
+        hint="The width of the range is max - min; 0 must land on min.",
+        lines="lo, hi = feature_range\nreturn x * (hi - lo) + lo"),
+    "Discriminator": dict(
+        doc="32x32 images (N, 3, 32, 32) -> one raw logit per image (N, 1).",
+        methods={"__init__": ("(self, conv_dim: int = 32, n_layers: int = 3)",
+                              "n_layers stride-2 convolutions with conv_dim, 2*conv_dim... channels, "
+                              "then one linear layer."),
+                 "forward": ("(self, x: torch.Tensor) -> torch.Tensor",
+                             "convolutions, flatten, linear: return the logits.")},
+        hint="`nn.Conv2d(in_ch, out_ch, 4, 2, 1)` halves the image; put `nn.BatchNorm2d` after every convolution "
+             "but the first, and `nn.LeakyReLU(0.2)` after each. After n_layers halvings a 32x32 image is "
+             "32 // 2**n_layers pixels wide. Flatten with `x.flatten(1)`; no sigmoid at the end.",
+        lines="layers, in_ch = [], 3\n"
+              "for i in range(n_layers):\n"
+              "    out_ch = conv_dim * 2**i\n"
+              "    layers += [nn.Conv2d(in_ch, out_ch, 4, 2, 1)] + ([nn.BatchNorm2d(out_ch)] if i else []) "
+              "+ [nn.LeakyReLU(0.2)]\n"
+              "    in_ch = out_ch\n"
+              "self.features = nn.Sequential(*layers)\n"
+              "self.fc = nn.Linear(in_ch * (32 // 2**n_layers) ** 2, 1)\n"
+              "# forward:\nreturn self.fc(self.features(x).flatten(1))"),
+    "Generator": dict(
+        doc="Latent vectors (N, z_size) -> 32x32 images (N, 3, 32, 32) in [-1, 1].",
+        methods={"__init__": ("(self, z_size: int = 100, conv_dim: int = 32, n_layers: int = 3)",
+                              "a linear layer to a small deep feature map, then n_layers transposed "
+                              "convolutions that double its size, down to 3 channels."),
+                 "forward": ("(self, z: torch.Tensor) -> torch.Tensor",
+                             "linear, reshape to (N, channels, side, side), transposed convolutions, tanh.")},
+        hint="Start from top = conv_dim * 2**(n_layers - 1) channels at side = 32 // 2**n_layers pixels. "
+             "`nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1)` doubles the size; BatchNorm2d and ReLU after each "
+             "hidden layer; the last one outputs 3 channels and is followed by tanh.",
+        lines="self.top, self.side = conv_dim * 2**(n_layers - 1), 32 // 2**n_layers\n"
+              "self.fc = nn.Linear(z_size, self.top * self.side**2)\n"
+              "layers, ch = [nn.BatchNorm2d(self.top), nn.ReLU()], self.top\n"
+              "for _ in range(n_layers - 1):\n"
+              "    layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1), nn.BatchNorm2d(ch // 2), nn.ReLU()]\n"
+              "    ch //= 2\n"
+              "self.net = nn.Sequential(*layers, nn.ConvTranspose2d(ch, 3, 4, 2, 1), nn.Tanh())\n"
+              "# forward:\nreturn self.net(self.fc(z).view(-1, self.top, self.side, self.side))"),
+    "weights_init_normal": dict(
+        signature="(m: nn.Module) -> None",
+        doc="DCGAN init for one module m; use as model.apply(weights_init_normal).",
+        todo="draw the weights of conv, transposed-conv and linear layers from N(0, 0.02), and zero their biases.",
+        hint="`apply` calls the function on every module, also ReLU and Sequential: test the type with "
+             "`isinstance` first. Leave BatchNorm alone (or set its weight ~ N(1, 0.02)).",
+        lines="if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):\n"
+              "    nn.init.normal_(m.weight, 0.0, 0.02)\n"
+              "    if m.bias is not None:\n"
+              "        nn.init.zeros_(m.bias)"),
+    "real_loss": dict(
+        signature="(D_out: torch.Tensor, smooth: bool = False) -> torch.Tensor",
+        doc="BCE-with-logits of D's outputs against the label 'real' (1, or 0.9 with smooth=True).",
+        todo="compare D_out with a tensor of real labels using a loss that applies the sigmoid itself.",
+        hint="`nn.BCEWithLogitsLoss()` takes raw logits; the labels must have D_out's shape.",
+        lines="labels = torch.full_like(D_out, 0.9 if smooth else 1.0)\n"
+              "return nn.BCEWithLogitsLoss()(D_out, labels)"),
+    "fake_loss": dict(
+        signature="(D_out: torch.Tensor) -> torch.Tensor",
+        doc="BCE-with-logits of D's outputs against the label 'fake' (0).",
+        todo="the same as real_loss, with the label of fake images.",
+        hint="Fakes are labelled 0: `torch.zeros_like(D_out)`.",
+        lines="return nn.BCEWithLogitsLoss()(D_out, torch.zeros_like(D_out))"),
+    "discriminator_step": dict(
+        signature="(D, G, d_optimizer, real_images, z, smooth=False) -> torch.Tensor",
+        doc="One update of D on a real batch and a batch of fakes G(z); returns D's loss.",
+        todo="score real images and fakes, add the two losses, and update D only.",
+        hint="Clear old gradients first. Make the fakes with `G(z).detach()` so D's loss stays out of G. "
+             "D's loss is `real_loss(D(real_images), smooth) + fake_loss(D(fake_images))`.",
+        lines="d_optimizer.zero_grad()\n"
+              "fake_images = G(z).detach()\n"
+              "d_loss = real_loss(D(real_images), smooth) + fake_loss(D(fake_images))\n"
+              "d_loss.backward()\nd_optimizer.step()\nreturn d_loss"),
+    "generator_step": dict(
+        signature="(D, G, g_optimizer, z) -> torch.Tensor",
+        doc="One update of G, towards D calling G(z) real; returns G's loss.",
+        todo="score G(z) with D and update G so that D calls its fakes real.",
+        hint="No detach here: the gradient must flow through D into G. G's loss is real_loss of D's output "
+             "on the fakes (the non-saturating loss).",
+        lines="g_optimizer.zero_grad()\ng_loss = real_loss(D(G(z)))\ng_loss.backward()\n"
+              "g_optimizer.step()\nreturn g_loss"),
+    "d_optimizer": dict(
+        todo="an Adam optimiser over D's parameters, with the preset's learning rate and betas (see cfg)",
+        hint="`torch.optim.Adam(params, lr=..., betas=(beta1, beta2))`; cfg holds lr_d, beta1 and beta2.",
+        lines="d_optimizer = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))"),
+    "g_optimizer": dict(
+        todo="the same for G, with cfg.lr_g",
+        hint="A separate optimiser, over G.parameters() only.",
+        lines="g_optimizer = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))"),
 }
+
+#: Lines of the solution notebook that stay out of the exercise (nbval markers are for the solution's tests).
+SOLUTION_ONLY_LINES = ("# NBVAL_CHECK_OUTPUT",)
 
 
 def _signature_text(fn) -> str:
@@ -84,27 +168,51 @@ def _docstring(obj, indent: str) -> list[str]:
     return lines + [f'{indent}"""'] if len(lines) > 1 else [lines[0] + '"""']
 
 
-def _todo(key: str, indent: str) -> list[str]:
+def _todo(text: str, indent: str) -> list[str]:
     import textwrap
 
-    text = textwrap.wrap(f"TODO: {EXERCISE_TODOS.get(key, 'implement this.')}", 96 - len(indent))
-    return [f"{indent}# {line}" for line in text] + [f"{indent}raise NotImplementedError"]
+    lines = textwrap.wrap(f"TODO: {text}", 96 - len(indent))
+    return [f"{indent}# {line}" for line in lines] + [f"{indent}raise NotImplementedError"]
+
+
+def _doc(text: str, indent: str) -> list[str]:
+    return [f'{indent}"""{text}"""']
 
 
 def exercise_stub(name: str) -> str:
-    """Scaffold for one teaching name: same signature and docstring, a TODO, NotImplementedError."""
-    obj = find_solution(name)
+    """Scaffold for one teaching name: the learner's signature, a one-line docstring, a TODO, NotImplementedError."""
+    obj = find_solution(name)  # raises for names the teaching modules do not define
+    spec = EXERCISE_STUBS.get(name)
     if isinstance(obj, type):
         base = "nn.Module" if issubclass(obj, nn.Module) else obj.__bases__[0].__name__
-        lines = [f"class {name}({base}):"] + _docstring(obj, "    ")
+        lines = [f"class {name}({base}):"] + (_doc(spec["doc"], "    ") if spec else _docstring(obj, "    "))
         for method in ("__init__", "forward"):
-            fn = getattr(obj, method)
-            lines += ["", f"    def {method}{_signature_text(fn)}:"] + _docstring(fn, "        ")
+            sig, todo = spec["methods"][method] if spec else (_signature_text(getattr(obj, method)), "implement this.")
+            lines += ["", f"    def {method}{sig}:"]
             if method == "__init__":
                 lines.append("        super().__init__()")
-            lines += _todo(f"{name}.{method}", "        ")
+            lines += _todo(todo, "        ")
         return "\n".join(lines)
-    return "\n".join([f"def {name}{_signature_text(obj)}:"] + _docstring(obj, "    ") + _todo(name, "    "))
+    if spec:
+        return "\n".join([f"def {name}{spec['signature']}:"] + _doc(spec["doc"], "    ") + _todo(spec["todo"], "    "))
+    return "\n".join([f"def {name}{_signature_text(obj)}:"] + _docstring(obj, "    ")
+                     + _todo("implement this.", "    "))
+
+
+def _region_names(solution: str) -> list[str]:
+    """The names a solution region defines: imported from helpers, or assigned."""
+    import ast
+
+    names = []
+    for node in ast.parse(solution).body:
+        if isinstance(node, ast.ImportFrom) and node.module == "helpers":
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.Assign):
+            names += [t.id for t in node.targets]
+        else:
+            raise ValueError(f"cannot scaffold this solution line: {ast.unparse(node)!r}; use "
+                             "'from helpers import ...' or simple assignments inside solution regions")
+    return names
 
 
 def exercise_region(solution: str) -> str:
@@ -117,16 +225,29 @@ def exercise_region(solution: str) -> str:
             out += [exercise_stub(alias.name) for alias in node.names]
         elif isinstance(node, ast.Assign):
             for target in node.targets:
-                out.append(f"{target.id} = None  # TODO: {EXERCISE_TODOS.get(target.id, 'fill this in')}")
-        else:
-            raise ValueError(f"cannot scaffold this solution line: {ast.unparse(node)!r}; use "
-                             "'from helpers import ...' or simple assignments inside solution regions")
+                todo = EXERCISE_STUBS.get(target.id, {}).get("todo", "fill this in")
+                out.append(f"{target.id} = None  # TODO: {todo}")
+    _region_names(solution)  # rejects anything else
     body = "\n\n\n".join(out) if any(o.startswith(("def ", "class ")) for o in out) else "\n".join(out)
     header = ["# Your code goes here: replace each `raise NotImplementedError` (or None) with an implementation."]
     needs = [("torch.", "import torch"), ("nn.", "import torch.nn as nn"), ("Path", "from pathlib import Path"),
-             ("DataLoader", "from torch.utils.data import DataLoader")]
+             ("DataLoader", "from torch.utils.data import DataLoader"),
+             ("DataLoader", "from torchvision import transforms")]
     header += [imp for key, imp in needs if key in body]
     return "\n".join(header) + "\n\n" + body
+
+
+def hints_markdown(names: list[str]) -> str:
+    """The graded hints under a scaffold, collapsed: first a hint, then the key lines."""
+    parts = []
+    for name in names:
+        spec = EXERCISE_STUBS.get(name)
+        if not spec:
+            continue
+        parts.append(f"<details><summary>Hint: {name}</summary>\n\n{spec['hint']}\n\n</details>")
+        parts.append(f"<details><summary>Still stuck? The key lines of {name}</summary>\n\n"
+                     f"```python\n{spec['lines']}\n```\n\n</details>")
+    return "\n".join(parts)
 
 
 def make_exercise_notebook(solution_path: str | Path = PROJECT_ROOT / "face_generation.ipynb",
@@ -139,18 +260,25 @@ def make_exercise_notebook(solution_path: str | Path = PROJECT_ROOT / "face_gene
     # change when the solution notebook is re-run.
     nb.metadata = nbformat.from_dict({"kernelspec": nb.metadata.get("kernelspec", {}),
                                       "language_info": {"name": "python"}})
+    cells = []
     for cell in nb.cells:
+        cells.append(cell)
         if cell.cell_type != "code":
             continue
         cell.outputs, cell.execution_count = [], None
         cell.metadata.pop("execution", None)
-        src = cell.source
+        src = "\n".join(line for line in cell.source.split("\n") if line.strip() not in SOLUTION_ONLY_LINES)
+        names = []
         while BEGIN_SOLUTION in src:
             start = src.index(BEGIN_SOLUTION)
             end = src.index(END_SOLUTION, start)
             region = src[start + len(BEGIN_SOLUTION):end].strip("\n")
+            names += _region_names(region)
             src = src[:start] + exercise_region(region) + "\n\n" + src[end + len(END_SOLUTION):].lstrip("\n")
         cell.source = src
+        if names and hints_markdown(names):
+            cells.append(nbformat.v4.new_markdown_cell(hints_markdown(names)))
+    nb.cells = cells
     nb.cells.insert(0, nbformat.v4.new_markdown_cell(
         "**Exercise version.** Cells marked *Your code goes here* are yours to write: each is checked by the "
         "test call below it, which explains what is wrong until it passes. Generated from "
