@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from tqdm.auto import tqdm
 
+from . import distributed as ddp
 from .config import Config
 from .data import DataError, get_dataloader, image_transform, list_images, read_image, resolve_image_dir
 from .data import cache_dir as data_cache_dir
@@ -124,21 +125,29 @@ class CachedBatches:
     so a run resumed in the middle of an epoch sees the very same batches.
     On a GPU the whole uint8 array is copied to device memory once (400 MB for
     the standard set at 64x64) when it fits, so batches never cross the bus.
+
+    Distributed (``world_size`` > 1): batch ``b`` of an epoch is the global batch of
+    ``batch_size * world_size`` images that one process would read with that batch size,
+    and ``rank`` gets its own ``batch_size`` slice of it; the order is still a function of
+    ``(seed, epoch)`` alone.
     """
 
     def __init__(self, images: np.ndarray, batch_size: int, device: torch.device | str = "cpu",
-                 seed: int = 0, flip: bool = True, channels_last: bool = False, preload: bool | None = None):
+                 seed: int = 0, flip: bool = True, channels_last: bool = False, preload: bool | None = None,
+                 rank: int = 0, world_size: int = 1):
         self.images, self.batch_size, self.device = images, batch_size, torch.device(device)
         self.seed, self.flip, self.channels_last = seed, flip, channels_last
+        self.rank, self.world_size = rank, world_size  # this process's slice of each global batch
         if preload is None:
             preload = self.device.type == "cuda" and images.nbytes < 0.25 * torch.cuda.mem_get_info(self.device)[0]
         self.resident = torch.from_numpy(np.array(images)).to(self.device) if preload else None
-        if len(images) < batch_size:
-            raise DataError(f"{len(images)} images are fewer than one batch of {batch_size}; "
+        if len(images) < batch_size * world_size:
+            per = f" ({batch_size} per process x {world_size} processes)" if world_size > 1 else ""
+            raise DataError(f"{len(images)} images are fewer than one batch of {batch_size * world_size}{per}; "
                             "lower batch_size or add images")
 
     def __len__(self) -> int:
-        return len(self.images) // self.batch_size
+        return len(self.images) // (self.batch_size * self.world_size)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -146,7 +155,8 @@ class CachedBatches:
         flips = torch.rand(len(self.images), generator=g) < 0.5
         pin = self.device.type == "cuda"
         for b in range(start, len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            first = (b * self.world_size + self.rank) * self.batch_size  # = b * batch_size in one process
+            idx = order[first:first + self.batch_size]
             if self.resident is not None:
                 batch = self.resident[idx.to(self.device)]
             else:
@@ -185,11 +195,15 @@ def training_batches(cfg: Config, device: torch.device | str = "cpu",
     ``folder`` is the image folder when the caller has already resolved ``cfg.data``.
     """
     folder = folder or resolve_image_dir(cfg.data, cfg.recursive)
+    rank, world = ddp.rank(), ddp.world_size()
     if not cfg.fast_data:
+        if world > 1:
+            raise ValueError("distributed training reads the uint8 cache: drop --fast-data false")
         return LoaderBatches(get_dataloader(cfg.batch_size, cfg.image_size, folder, cfg.crop, cfg.subset,
                                             cfg.recursive, seed=cfg.seed), device, cfg.seed)
     files = list_images(folder, cfg.recursive)
     if cfg.subset:
         files = files[:cfg.subset]
     images = build_image_cache(files, cfg.image_size, cfg.crop)
-    return CachedBatches(images, cfg.batch_size, device, cfg.seed, channels_last=cfg.channels_last)
+    return CachedBatches(images, cfg.batch_size, device, cfg.seed, channels_last=cfg.channels_last,
+                         rank=rank, world_size=world)  # distributed: this rank's shard

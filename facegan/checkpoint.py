@@ -23,11 +23,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from . import distributed as ddp
 from .config import Config
 from .models import build_models
-from .step import TrainState, make_state
+from .step import TrainState, bare, make_state, refresh_batchnorm
 
 CHECKPOINT, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
+_np_core = getattr(np, "_core", None) or np.core  # NumPy 2 renamed np.core to np._core
+NUMPY_ARRAY_GLOBALS = [_np_core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 class CheckpointError(ValueError):
@@ -35,8 +38,8 @@ class CheckpointError(ValueError):
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside ``torch.compile`` (whose state-dict keys carry a prefix)."""
-    return getattr(model, "_orig_mod", model)
+    """The module inside ``torch.compile`` and DDP (whose state-dict keys carry a prefix)."""
+    return bare(model)
 
 
 def _rng_states() -> dict:
@@ -73,7 +76,14 @@ def _atomic_save(obj: dict, path: Path, keep_previous: bool = False) -> Path:
 
 
 def save_checkpoint(state: TrainState, path: str | Path, keep_previous: bool = True) -> Path:
-    """Write everything needed to resume, atomically; the checkpoint replaced becomes the fallback."""
+    """Write everything needed to resume, atomically; the checkpoint replaced becomes the fallback.
+
+    In a distributed run every rank must call it (it gathers each rank's random state) and
+    rank 0 alone writes.
+    """
+    rngs = ddp.gather(_rng_states())  # one process: [its own]
+    if not ddp.is_main():
+        return Path(path)
     ckpt = {
         "config": state.config.to_dict(),
         "D": unwrap(state.D).state_dict(), "G": unwrap(state.G).state_dict(),
@@ -81,8 +91,10 @@ def save_checkpoint(state: TrainState, path: str | Path, keep_previous: bool = T
         "ema": state.ema.state_dict() if state.ema is not None else None,
         "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
         "history": state.history, "samples": state.samples, "fixed_z": state.fixed_z.cpu(),
-        "rng": _rng_states(),
+        "rng": rngs[0], "world_size": len(rngs),  # a resume must use the same number of processes
     }
+    if len(rngs) > 1:
+        ckpt["rng_per_rank"] = rngs  # each rank resumes its own latents and noise
     return _atomic_save(ckpt, Path(path), keep_previous)
 
 
@@ -92,7 +104,10 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: train first (or check the path)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # Checkpoints written before safe loading kept NumPy's random state as an array: allow
+        # exactly the NumPy pieces that rebuild a plain array, nothing that can run code.
+        with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "unsupported global" in str(e).lower():
             raise CheckpointError(
@@ -149,7 +164,8 @@ def load_checkpoint(checkpoint: str | Path | dict, state: TrainState | None = No
     state.step, state.epoch, state.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
     state.history, state.samples = ckpt["history"], [tuple(s) for s in ckpt["samples"]]
     state.fixed_z = ckpt["fixed_z"].to(state.device)
-    _set_rng_states(ckpt["rng"])
+    per_rank = ckpt.get("rng_per_rank")  # distributed runs: each rank takes back its own stream
+    _set_rng_states(per_rank[ddp.rank()] if per_rank and ddp.active() else ckpt["rng"])
     return state
 
 
@@ -175,4 +191,8 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu") -> tupl
     except RuntimeError as e:
         raise CheckpointError(f"{path}: the generator weights do not fit its configuration "
                               f"({str(e).splitlines()[0]})") from e
+    if cfg.ema_decay:
+        # An EMA generator's BatchNorm statistics, averaged with its weights, are not its own:
+        # re-estimate them (files exported since this fix already hold the re-estimated ones).
+        refresh_batchnorm(G, cfg)
     return G.to(device).eval(), cfg

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import distributed as ddp
 from .checkpoint import CHECKPOINT, CheckpointError, load_generator, read_checkpoint
 from .config import PRESETS, PROJECT_ROOT, Config, field_help, make_config
 from .data import DataError, resolve_image_dir
@@ -68,9 +69,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{args.preset or 'small32'}{'-dry-run' if args.dry_run else ''}")
     base = read_checkpoint(out / CHECKPOINT)["config"] if args.resume and (out / CHECKPOINT).is_file() else None
     cfg = config_from_args(args, base)
-    device = pick_device(cfg.device)
-    print(f"training {cfg.preset} on {device} ({training_precision(cfg, device)}) -> {out}")
-    state = train(cfg, out, resume=args.resume)
+    # Under torchrun: join the process group for the run, leave it after (facegan/distributed.py).
+    with ddp.process_group(cfg.device):
+        device = ddp.local_device(pick_device(cfg.device))
+        if ddp.is_main():
+            world = f" x {ddp.world_size()} processes (global batch {cfg.batch_size * ddp.world_size()})"
+            print(f"training {cfg.preset} on {device} ({training_precision(cfg, device)})"
+                  f"{world if ddp.active() else ''} -> {out}")
+        state = train(cfg, out, resume=args.resume)
+        if not ddp.is_main():
+            return 130 if state.interrupted else 0
     if state.interrupted:
         return 130
     h = state.history

@@ -78,6 +78,7 @@ class Config:
     channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU (oneDNN) and CUDA
     fused_adam: bool = True  # one fused kernel per Adam step instead of a loop over parameters
     compile: bool = False  # torch.compile the models
+    sync_batchnorm: bool = False  # multi-GPU: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only)
 
     def validate(self) -> Config:
         """Raise ``ValueError`` naming the bad field and the fix; return self."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .config import Config
 from .losses import LOSSES, fake_loss, gradient_penalty, real_loss
@@ -86,6 +87,17 @@ def generator_step(D: nn.Module, G: nn.Module, g_optimizer: torch.optim.Optimize
     return g_loss.detach()
 
 
+def bare(model: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile``'s and ``DistributedDataParallel``'s wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, DistributedDataParallel):  # multi-GPU runs (facegan/distributed.py)
+            model = model.module
+        else:
+            return model
+
+
 @dataclass
 class TrainState:
     """The models, their optimisers and the bookkeeping of one run."""
@@ -111,8 +123,48 @@ class TrainState:
 
     @property
     def sampler(self) -> nn.Module:
-        """The generator to show and evaluate: the EMA copy when there is one."""
-        return self.ema.module if self.ema is not None else self.G
+        """The generator to show and evaluate: the EMA copy when there is one.
+
+        The EMA copy's BatchNorm statistics are re-estimated for its own weights first
+        (``refresh_batchnorm``), once per step at which it is used.
+        """
+        if self.ema is None:
+            return bare(self.G)  # bare: sampling on rank 0 alone
+        if self._bn_refreshed_at != self.step:
+            refresh_batchnorm(self.ema.module, self.config)
+            self._bn_refreshed_at = self.step
+        return self.ema.module
+
+    _bn_refreshed_at: int = -1
+
+
+@torch.no_grad()
+def refresh_batchnorm(G: nn.Module, cfg: Config, batches: int = 8, batch_size: int = 64) -> nn.Module:
+    """Re-estimate a generator's BatchNorm running statistics from its own forward passes.
+
+    An average of weights (EMA) is a network nobody trained, and averaging BatchNorm's running
+    mean and variance alongside does not give the statistics of that network: early in a run its
+    samples come out dark and washed out.  G's input is just noise, so the right statistics cost
+    a few forward passes in train mode (as SWA's ``update_bn`` does for a classifier).  The
+    latents come from a fixed private generator, so the global random stream is untouched and
+    resumed runs stay exact.
+    """
+    norms = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return G
+    was_training, momenta = G.training, [m.momentum for m in norms]
+    device = next(G.parameters()).device
+    g = torch.Generator().manual_seed(12345)
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the batches below
+    G.train()
+    for _ in range(batches):
+        G(sample_latent(batch_size, cfg, generator=g).to(device))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    G.train(was_training)
+    return G
 
 
 def make_state(cfg: Config, steps_per_epoch: int, device: torch.device | str | None = None,
@@ -229,7 +281,7 @@ def train_step(state: TrainState, real: torch.Tensor) -> dict[str, torch.Tensor]
         D.requires_grad_(True)
         state.g_opt.step()
         if state.ema is not None:
-            state.ema.update_parameters(G)
+            state.ema.update_parameters(bare(G))  # the same all-reduced weights on every rank
 
     state.step += 1
     for opt, base, total in ((state.d_opt, cfg.lr_d, state.total_steps),

@@ -189,3 +189,16 @@ def test_resuming_a_finished_run_says_so(celeba_dir, tmp_path, capsys):
     assert cli.main([*args, "--resume"]) == 0
     out = capsys.readouterr().out
     assert "already complete at step 2" in out and "0 img/s" not in out
+
+
+def test_checkpoints_from_before_safe_loading_still_resume(celeba_dir, tmp_path):
+    """They kept NumPy's random state as an array, which weights_only loading accepts only by allow-list."""
+    import numpy as np
+
+    cfg = config.make_config("small32", batch_size=16, subset=64, max_steps=2, log_every=1, amp=False)
+    state = train.train(cfg, tmp_path, progress=False)
+    old = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    old["rng"]["numpy"] = np.random.get_state()  # the earlier format: a tuple holding an ndarray
+    torch.save(old, tmp_path / "checkpoint.pt")
+    resumed = checkpoint.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert resumed.step == state.step == 2

@@ -303,3 +303,26 @@ def test_peak_gflops_is_a_plausible_rate():
     # a 2-core laptop manages tens of GFLOP/s, an H100 hundreds of thousands: a wrong FLOP
     # formula or unit would land far outside
     assert 1 < bench.peak_gflops(torch.device("cpu"), repeats=1) < 1e6
+
+
+def test_the_ema_generator_uses_batchnorm_statistics_of_its_own_weights(real_batches):
+    """Averaging BatchNorm's running statistics with the weights gives statistics of no network
+    (dark, washed-out samples early in a run): the sampler re-estimates them for the EMA weights."""
+    state = _state("dcgan64", ema_decay=0.9, amp=False)
+    for _ in range(3):
+        step.train_step(state, real_batches[64])
+    averaged = {k: v.clone() for k, v in state.ema.module.state_dict().items() if "running_var" in k}
+    rng = torch.get_rng_state()
+    G = state.sampler
+    assert torch.equal(rng, torch.get_rng_state())  # the training's random stream is untouched
+    norms = [m for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    inputs = []
+    hooks = [m.register_forward_pre_hook(lambda m, x: inputs.append(x[0].clone())) for m in norms]
+    with torch.no_grad():
+        G.eval()(models.sample_latent(512, state.config))
+    for h in hooks:
+        h.remove()
+    for bn, x in zip(norms, inputs, strict=True):
+        assert torch.allclose(bn.running_var, x.var(dim=(0, 2, 3)), rtol=0.2)
+    refreshed = {k: v for k, v in G.state_dict().items() if "running_var" in k}
+    assert any(not torch.allclose(averaged[k], refreshed[k], rtol=0.2) for k in averaged)
