@@ -84,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     h = state.history
     if not state.images_per_second:
         print(f"nothing to do: the run in {out} is already complete at step {state.step} "
-              f"(epoch {state.epoch}); raise --epochs or --max-steps to train longer")
+              f"(epoch {state.epoch}); raise --epochs, --max-steps or --max-minutes to train longer")
         return 0
     print(f"done: step {state.step}, epoch {state.epoch}, {state.images_per_second:.0f} img/s, "
           f"d_loss {h['d_loss'][-1]:.3f}, g_loss {h['g_loss'][-1]:.3f}, "

@@ -15,6 +15,9 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+#: The DiffAugment transforms ``Config.diffaug`` may name (facegan/augment.py implements them).
+AUGMENTATIONS = ("color", "translation", "cutout")
+
 #: Names from older checkpoints, and what they are called now.
 LEGACY_NAMES = {"g_dim": "g_conv_dim", "d_dim": "d_conv_dim"}
 LEGACY_ARCH = {"fc": "linear-stem"}
@@ -54,10 +57,11 @@ class Config:
     d_optimizer: str = "adam"  # adam | sgd
     lr_schedule: str = "constant"  # constant | linear | cosine
     ema_decay: float = 0.0  # EMA of G's weights; 0 disables, 0.999 is typical
+    diffaug: str = ""  # DiffAugment policy for D's inputs, real and fake: comma-separated color, translation, cutout
     batch_size: int = 64  # images per step
     epochs: int = 5  # passes over the data set
     max_steps: int = 0  # stop after this many steps; 0 = run all epochs
-    max_minutes: float = 0.0  # stop after this much training time (checkpointed); 0 = no limit
+    max_minutes: float = 0.0  # stop after this much training time (resumes included); lr_schedule ends here; 0 = off
     checkpoint_minutes: float = 5.0  # also checkpoint mid-epoch this often (minutes of training); 0 = epoch ends only
     # --- data
     data: str = "celeba"  # "celeba" (processed set, fetched on demand), a folder, or a .zip
@@ -119,6 +123,10 @@ class Config:
             bad("beta1", "Adam betas must lie in [0, 1)")
         if not 0 <= self.ema_decay < 1:
             bad("ema_decay", "use 0 to disable, or a value like 0.999")
+        unknown_aug = set(filter(None, self.diffaug.split(","))) - set(AUGMENTATIONS)
+        if unknown_aug:
+            bad("diffaug", f"unknown augmentation {sorted(unknown_aug)}; use a comma-separated subset of "
+                f"{','.join(AUGMENTATIONS)}, or '' for none")
         if not 0 <= self.d_dropout < 1:
             bad("d_dropout", "dropout probability must lie in [0, 1)")
         lo, hi = self.real_label

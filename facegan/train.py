@@ -101,7 +101,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
     sums: dict[str, torch.Tensor] = {}
     count = 0
     t0, seen = time.perf_counter(), 0
-    deadline = t0 + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
+    # max_minutes counts training time over the whole run, resumes included.
+    deadline = t0 + 60 * cfg.max_minutes - seconds_before if cfg.max_minutes else math.inf
 
     def checkpoint_due_from(now: float) -> float:
         return now + 60 * cfg.checkpoint_minutes if cfg.checkpoint_minutes else math.inf
@@ -123,6 +124,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
     try:
         while state.step < state.total_steps and not out_of_time():
             for real in batches.epoch(state.epoch, start=state.batch_in_epoch):
+                if cfg.max_minutes:  # the LR schedule and instance noise follow the time budget too
+                    state.clock = (seconds_before + time.perf_counter() - t0) / (60 * cfg.max_minutes)
                 metrics = train_step(state, real)
                 state.batch_in_epoch += 1
                 seen += real.size(0) * world  # images of the global batch
