@@ -90,6 +90,8 @@ def _bench_worker(preset: str, pipeline: str, steps: int, warmup: int, subset: i
     """
     import resource
 
+    if pipeline == "fast+compile":  # the default pipeline under torch.compile
+        pipeline, compile_mode = "fast", compile_mode or "default"
     torch.manual_seed(0)
     dev = torch.device(device)
     cfg = make_config(preset, subset=subset, device=device, **({"batch_size": batch_size} if batch_size else {}))
@@ -244,20 +246,27 @@ def preset_speeds(quick: bool = False, device: str | None = None) -> list[dict]:
 
 def cpu_kernels() -> str:
     """The vector instructions PyTorch's CPU kernels run on here (AMX is reported where present)."""
-    capability = torch.backends.cpu.get_cpu_capability()  # e.g. "AVX2", "AVX512"
+    import os
+
+    capability = torch.backends.cpu.get_cpu_capability()  # e.g. "AVX2", "AVX512"; ATEN_CPU_CAPABILITY caps it
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return capability + (" + AVX512-BF16" if bf16 else "") + (" + AMX" if amx else "")
+    bf16 = native_bf16("cpu")  # False where FACEGAN_BF16=0 turns it off
+    onednn_cap = os.environ.get("ONEDNN_MAX_CPU_ISA")  # how bench/cpu_profile.py --avx2 runs an AVX2-only CPU
+    return (capability + (" + AVX512-BF16" if bf16 else "") + (" + AMX" if amx and bf16 else "")
+            + (f", oneDNN capped at {onednn_cap}" if onednn_cap else ""))
 
 
-def benchmark(quick: bool = False, device: str | None = None, repeats: int = 1) -> list[dict]:
+def benchmark(quick: bool = False, device: str | None = None, repeats: int = 1,
+              compile: bool = False) -> list[dict]:
     """Classic vs fast pipeline (fp32, and bf16 where native) for each case; prints a table.
 
     GFLOP/s count the FLOPs of the project's step (the classic step does about 18%
     more, for its second G forward and D's weight gradients in the G step) and are
     compared with the peak (``peak_gflops``) of the precision that the row used.
     With ``repeats`` > 1 the pipelines alternate, and each row shows the median and
-    the range over the repeats; ratios compare medians.
+    the range over the repeats; ratios compare medians.  ``compile`` adds the default
+    pipeline under ``torch.compile`` (``fast+compile``); its compile time (the warm-up
+    steps) is printed apart from its steady-state speed.
     """
     import multiprocessing as mp
 
@@ -270,12 +279,14 @@ def benchmark(quick: bool = False, device: str | None = None, repeats: int = 1) 
     if native_bf16(dev.type):
         peaks["bf16"] = peak_gflops(dev, torch.bfloat16)
         pipelines.append("fast-bf16")
+    if compile:
+        pipelines.append("fast+compile")
     kernels = {"cpu": cpu_kernels, "cuda": lambda: torch.cuda.get_device_name(dev)}.get(dev.type, lambda: dev.type)()
     print(f"device {dev} ({torch.get_num_threads()} threads, {kernels}), peak "
           + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()) + f" GFLOP/s{', quick mode' if quick else ''}"
           + (f", median of {repeats} alternating repeats [min-max]" if repeats > 1 else ""))
-    print(f"{'case':<18} {'pipeline':<10} {'precision':<9} {'img/s':>8} {'range':>11} {'ratio':>6} "
-          f"{'peak MB':>8} {'GFLOP/s':>8} {'% peak':>7}")
+    print(f"{'case':<18} {'pipeline':<12} {'precision':<9} {'img/s':>8} {'range':>11} {'ratio':>6} "
+          f"{'peak MB':>8} {'GFLOP/s':>8} {'% peak':>7}{'  compile s' if compile else ''}")
     rows = []
     for name, preset in BENCH_CASES:
         cfg = make_config(preset)
@@ -294,12 +305,15 @@ def benchmark(quick: bool = False, device: str | None = None, repeats: int = 1) 
             gflops = r["img_s"] * flops_per_image / 1e9
             peak = peaks[r["precision"]]
             ratio = r["img_s"] / medians["classic"]
-            default = pipeline != "classic" and r["precision"] == training_precision(cfg, dev)
+            default = pipeline.startswith("fast-") and r["precision"] == training_precision(cfg, dev)
             rows.append({"case": name, "preset": preset, "pipeline": pipeline, **r, "ratio": ratio,
                          "gflops": gflops, "peak_fraction": gflops / peak, "default": default})
             spread = f"{min(speeds):.0f}-{max(speeds):.0f}" if repeats > 1 else ""
-            print(f"{name:<18} {pipeline:<10} {r['precision']:<9} {r['img_s']:>8.0f} {spread:>11} {ratio:>5.2f}x "
-                  f"{r['peak_mb']:>8.0f} {gflops:>8.1f} {100 * gflops / peak:>6.1f}%{'  *' if default else ''}",
-                  flush=True)
-    print("* what `train` runs on this machine by default (bf16 where native; --amp false for exact fp32)")
+            compiled = f"  {statistics.median(x['warmup_s'] for x in runs[pipeline]):9.0f}" \
+                if pipeline == "fast+compile" else ""
+            print(f"{name:<18} {pipeline:<12} {r['precision']:<9} {r['img_s']:>8.0f} {spread:>11} {ratio:>5.2f}x "
+                  f"{r['peak_mb']:>8.0f} {gflops:>8.1f} {100 * gflops / peak:>6.1f}%{'  *' if default else ''}"
+                  f"{compiled}", flush=True)
+    print("* what `train` runs on this machine by default (bf16 where native; --amp false for exact fp32)"
+          + ("; compile s: the warm-up steps, compiling included" if compile else ""))
     return rows

@@ -125,7 +125,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.presets:
         preset_speeds(args.quick, args.device)
     else:
-        benchmark(args.quick, args.device, args.repeats)
+        benchmark(args.quick, args.device, args.repeats, args.compile)
     return 0
 
 
@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer steps on a 4,096-image subset (under 2 minutes)")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     p.add_argument("--repeats", type=int, default=1, help="alternate the pipelines this many times; report the spread")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the default pipeline under torch.compile (compile time printed apart)")
     p.add_argument("--presets", action="store_true", help="instead: img/s and size of every preset")
     p.add_argument("--precision", metavar="CHECKPOINT", default=None,
                    help="instead: how much bf16 changes this checkpoint's updates, next to minibatch noise")

