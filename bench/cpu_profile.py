@@ -83,15 +83,15 @@ def time_layer(module, x, channels_last: bool, repeats: int = 5) -> float:
 def main() -> None:
     args = parse_args()
     if args.avx2 and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":
-        argv = [a for a in sys.argv[1:]]
-        sys.exit(subprocess.call([sys.executable, __file__, *argv], env={**os.environ, **AVX2_ENV}))
+        sys.exit(subprocess.call([sys.executable, __file__, *sys.argv[1:]], env={**os.environ, **AVX2_ENV}))
     import torch
+    import torch.nn as nn
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
     from facegan.bench import cpu_kernels, peak_gflops
     from facegan.config import make_config
-    from facegan.models import sample_latent
+    from facegan.models import LatentProjection, sample_latent
     from facegan.step import make_state, train_step, training_precision
 
     if args.threads:
@@ -106,8 +106,7 @@ def main() -> None:
         return
     peak = peak_gflops(torch.device("cpu"))
     print(f"{args.preset}, batch {args.batch_size}, {training_precision(cfg, torch.device('cpu'))}, "
-          f"{torch.get_num_threads()} threads, kernels {cpu_kernels()}"
-          f"{' (capped at AVX2)' if os.environ.get('ONEDNN_MAX_CPU_ISA') == 'AVX2' else ''}, "
+          f"{torch.get_num_threads()} threads, kernels {cpu_kernels()}, "
           f"fp32 peak {peak:.0f} GFLOP/s")
 
     # 1. the whole step, by operator
@@ -131,23 +130,32 @@ def main() -> None:
     z = sample_latent(args.batch_size, cfg)
     fake = state.G(z).detach()
     total = {"NHWC": 0.0, "NCHW": 0.0}
+    rows = []
     for net_name, net, x in (("G", state.G, z), ("D", state.D, fake)):
         for name, m in conv_layers(net):
             inp = layer_inputs(net, x)[name]
-            with FlopCounterMode(display=False) as c:
-                y = m(inp.clone().requires_grad_(True))
-                y.backward(torch.ones_like(y))
-            times = {"NHWC": [], "NCHW": []}
-            for _ in range(3):
-                times["NHWC"].append(time_layer(m, inp, True))
-                times["NCHW"].append(time_layer(m, inp, False))
-            med = {k: statistics.median(v) for k, v in times.items()}
+            rows.append((f"{net_name}.{name} {type(m).__name__[:6]}", m, inp))
+            if isinstance(m, LatentProjection):  # what it replaced: the same weights as a transposed conv
+                plain = nn.ConvTranspose2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                                           bias=m.bias is not None)
+                plain.load_state_dict(m.state_dict())
+                rows.append(("  (as ConvTranspose2d)", plain, inp))
+    for label, m, inp in rows:
+        with FlopCounterMode(display=False) as c:
+            y = m(inp.clone().requires_grad_(True))
+            y.backward(torch.ones_like(y))
+        times = {"NHWC": [], "NCHW": []}
+        for _ in range(3):
+            times["NHWC"].append(time_layer(m, inp, True))
+            times["NCHW"].append(time_layer(m, inp, False))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        if not label.startswith(" "):  # the indented row is for comparison, not part of the step
             for k in total:
                 total[k] += med[k]
-            pk = {k: 100 * c.get_total_flops() / v / 1e9 / peak for k, v in med.items()}
-            print(f"{net_name + '.' + name + ' ' + type(m).__name__[:6]:<26} {str(tuple(inp.shape)):>16} "
-                  f"{1000 * med['NHWC']:>8.2f} {1000 * med['NCHW']:>8.2f} {pk['NHWC']:>8.0f}% {pk['NCHW']:>8.0f}%")
-            m.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+        pk = {k: 100 * c.get_total_flops() / v / 1e9 / peak for k, v in med.items()}
+        print(f"{label:<26} {str(tuple(inp.shape)):>16} {1000 * med['NHWC']:>8.2f} {1000 * med['NCHW']:>8.2f} "
+              f"{pk['NHWC']:>8.0f}% {pk['NCHW']:>8.0f}%")
+        m.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     print(f"{'all convolutions':<43} {1000 * total['NHWC']:>8.1f} {1000 * total['NCHW']:>8.1f}")
 
     # 3. which oneDNN kernels ran

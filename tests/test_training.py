@@ -258,7 +258,7 @@ def test_cached_batches_in_channels_last_hold_the_same_values(celeba_dir, tmp_pa
     assert resident.resident is not None and torch.equal(next(resident.epoch(0)), plain)
 
 
-@pytest.mark.parametrize("pipeline", ["classic", "fast", "fast-fp32", "fast-bf16"])
+@pytest.mark.parametrize("pipeline", ["classic", "fast", "fast-fp32", "fast-bf16", "fast+compile"])
 def test_benchmark_worker_measures_every_pipeline(pipeline, celeba_dir):
     import queue
 
@@ -268,8 +268,10 @@ def test_benchmark_worker_measures_every_pipeline(pipeline, celeba_dir):
     assert result["img_s"] > 0 and result["peak_mb"] > 0
     native = step.native_bf16("cpu")
     bf16 = "bf16" if native else "fp32"  # the default, like fast-bf16, is bf16 where the CPU has it
-    expected = {"classic": "fp32", "fast-fp32": "fp32", "fast": bf16, "fast-bf16": bf16}[pipeline]
-    assert result["precision"] == expected
+    expected = {"classic": "fp32", "fast-fp32": "fp32", "fast": bf16, "fast-bf16": bf16, "fast+compile": bf16}
+    assert result["precision"] == expected[pipeline]
+    if pipeline == "fast+compile":  # the warm-up step compiles: it takes far longer than a step
+        assert result["warmup_s"] > 20 * 64 / result["img_s"]
 
 
 def test_training_precision_follows_the_config_and_the_hardware(monkeypatch):
