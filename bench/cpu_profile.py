@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-            "FACEGAN_BF16": "0"}
+            "FACEGAN_BF16": "0", "FACEGAN_PROFILE_AVX2": "1"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -82,7 +82,7 @@ def time_layer(module, x, channels_last: bool, repeats: int = 5) -> float:
 
 def main() -> None:
     args = parse_args()
-    if args.avx2 and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":
+    if args.avx2 and os.environ.get("FACEGAN_PROFILE_AVX2") != "1":
         sys.exit(subprocess.call([sys.executable, __file__, *sys.argv[1:]], env={**os.environ, **AVX2_ENV}))
     import torch
     import torch.nn as nn
@@ -104,10 +104,12 @@ def main() -> None:
     if args.verbose_child:  # one step with oneDNN's log on; the parent parses it
         train_step(state, real)
         return
-    peak = peak_gflops(torch.device("cpu"))
-    print(f"{args.preset}, batch {args.batch_size}, {training_precision(cfg, torch.device('cpu'))}, "
+    precision = training_precision(cfg, torch.device("cpu"))
+    peak_fp32 = peak_gflops(torch.device("cpu"))  # the per-layer table runs in fp32
+    peak = peak_gflops(torch.device("cpu"), torch.bfloat16) if precision == "bf16" else peak_fp32
+    print(f"{args.preset}, batch {args.batch_size}, {precision}, "
           f"{torch.get_num_threads()} threads, kernels {cpu_kernels()}, "
-          f"fp32 peak {peak:.0f} GFLOP/s")
+          f"{precision} peak {peak:.0f} GFLOP/s" + (f", fp32 peak {peak_fp32:.0f}" if peak != peak_fp32 else ""))
 
     # 1. the whole step, by operator
     for _ in range(2):
@@ -125,7 +127,7 @@ def main() -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=34))
 
     # 2. each convolution alone, channels_last against contiguous
-    print("2. each convolution, forward + backward alone (median of 3 alternating repeats)")
+    print("2. each convolution in fp32, forward + backward alone (median of 3 alternating repeats)")
     print(f"{'layer':<26} {'input':>16} {'NHWC ms':>8} {'NCHW ms':>8} {'NHWC %pk':>9} {'NCHW %pk':>9}")
     z = sample_latent(args.batch_size, cfg)
     fake = state.G(z).detach()
@@ -152,7 +154,7 @@ def main() -> None:
         if not label.startswith(" "):  # the indented row is for comparison, not part of the step
             for k in total:
                 total[k] += med[k]
-        pk = {k: 100 * c.get_total_flops() / v / 1e9 / peak for k, v in med.items()}
+        pk = {k: 100 * c.get_total_flops() / v / 1e9 / peak_fp32 for k, v in med.items()}
         print(f"{label:<26} {str(tuple(inp.shape)):>16} {1000 * med['NHWC']:>8.2f} {1000 * med['NCHW']:>8.2f} "
               f"{pk['NHWC']:>8.0f}% {pk['NCHW']:>8.0f}%")
         m.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)

@@ -86,6 +86,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"nothing to do: the run in {out} is already complete at step {state.step} "
               f"(epoch {state.epoch}); raise --epochs, --max-steps or --max-minutes to train longer")
         return 0
+    if cfg.max_minutes and h["seconds"] and h["seconds"][-1] >= 60 * cfg.max_minutes and state.step < state.total_steps:
+        print(f"time budget of {cfg.max_minutes:g} training minutes used; to go on: --resume --max-minutes M "
+              f"with M above {cfg.max_minutes:g}")
     print(f"done: step {state.step}, epoch {state.epoch}, {state.images_per_second:.0f} img/s, "
           f"d_loss {h['d_loss'][-1]:.3f}, g_loss {h['g_loss'][-1]:.3f}, "
           f"D(x) {h['d_real'][-1]:.2f}, D(G(z)) {h['d_fake'][-1]:.2f}; checkpoint {out / CHECKPOINT}")

@@ -61,7 +61,7 @@ class Config:
     batch_size: int = 64  # images per step
     epochs: int = 5  # passes over the data set
     max_steps: int = 0  # stop after this many steps; 0 = run all epochs
-    max_minutes: float = 0.0  # stop after this much training time (resumes included); lr_schedule ends here; 0 = off
+    max_minutes: float = 0.0  # stop after this much training time, resumes included (checkpointed); 0 = no limit
     checkpoint_minutes: float = 5.0  # also checkpoint mid-epoch this often (minutes of training); 0 = epoch ends only
     # --- data
     data: str = "celeba"  # "celeba" (processed set, fetched on demand), a folder, or a .zip

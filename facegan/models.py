@@ -137,12 +137,14 @@ class LatentProjection(nn.ConvTranspose2d):
     same tensor as before (a ``ConvTranspose2d``'s), so checkpoints load either way.
     """
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if z.shape[-2:] != (1, 1):
-            return super().forward(z)
+    def forward(self, z: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        plain = (self.stride, self.padding, self.dilation, self.output_padding, self.groups) == \
+            ((1, 1), (0, 0), (1, 1), (0, 0), 1)
+        if z.shape[-2:] != (1, 1) or not plain or output_size is not None:
+            return super().forward(z, output_size)  # not the 1x1 case: an ordinary transposed convolution
         out = z.flatten(1) @ self.weight.flatten(1)
         if self.bias is not None:
-            out = out + self.bias.repeat_interleave(self.weight[0, 0].numel())
+            out = out + self.bias.to(out.dtype).repeat_interleave(self.weight[0, 0].numel())
         return out.view(z.size(0), self.out_channels, *self.kernel_size)
 
 

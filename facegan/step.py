@@ -54,14 +54,9 @@ def make_optimizers(D: nn.Module, G: nn.Module, cfg: Config) -> tuple[torch.opti
     return d_opt, g_opt
 
 
-def lr_factor(kind: str, step: int, total: int, clock: float = 0.0) -> float:
-    """Multiplier of the base learning rate: constant, linear decay to 0, or cosine to 0.
-
-    The schedule runs over the run's steps or, for a run limited by ``max_minutes``,
-    over its time budget (``clock``: the fraction of it used), whichever ends first;
-    so a 25-minute run decays its rate to 0 at minute 25 on any machine.
-    """
-    t = min(max(step / max(total, 1), clock), 1.0)
+def lr_factor(kind: str, step: int, total: int) -> float:
+    """Multiplier of the base learning rate: constant, linear decay to 0, or cosine to 0."""
+    t = min(step / max(total, 1), 1.0)
     if kind == "linear":
         return 1.0 - t
     if kind == "cosine":
@@ -126,7 +121,6 @@ class TrainState:
     samples: list = field(default_factory=list)  # (step, uint8 grid images) at each sample point
     images_per_second: float = 0.0  # measured by the last call to train()
     interrupted: bool = False  # train() was stopped by Ctrl-C or SIGTERM (and saved a checkpoint)
-    clock: float = 0.0  # fraction of the max_minutes budget used (set by train(); 0 without a time limit)
 
     @property
     def sampler(self) -> nn.Module:
@@ -249,7 +243,7 @@ def train_step(state: TrainState, real: torch.Tensor) -> dict[str, torch.Tensor]
     G.train()
     n = real.size(0)
     g_turn = (state.step + 1) % cfg.n_critic == 0
-    progress = min(max(state.step / max(state.total_steps, 1), state.clock), 1.0)
+    progress = state.step / max(state.total_steps, 1)
     # Instance noise (Sonderby et al. 2017): blur the line between real and fake
     # early on, so D cannot separate them perfectly; anneal it to zero.
     sigma = cfg.instance_noise * max(0.0, 1.0 - progress)
@@ -296,7 +290,7 @@ def train_step(state: TrainState, real: torch.Tensor) -> dict[str, torch.Tensor]
     for opt, base, total in ((state.d_opt, cfg.lr_d, state.total_steps),
                              (state.g_opt, cfg.lr_g, state.total_steps)):
         for group in opt.param_groups:
-            group["lr"] = base * lr_factor(cfg.lr_schedule, state.step, total, state.clock)
+            group["lr"] = base * lr_factor(cfg.lr_schedule, state.step, total)
     # For BCE the D outputs are logits: report probabilities D(x), D(G(z)).
     to_score = torch.sigmoid if cfg.loss == "bce" else (lambda t: t)
     return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(),

@@ -113,7 +113,10 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
     # Distributed: SIGTERM/Ctrl-C set a flag that the ranks agree on at a logged step, and
     # the time limit is agreed there too, so every rank stops at the same step.
     stop = ddp.StopRequest().__enter__() if distributed and in_main else None
-    time_up = checkpoint_due = stop_now = False  # distributed: the verdicts agreed at the last logged step
+    # Distributed: the verdicts agreed at the last logged step.  A budget already spent is
+    # spent on every rank alike (seconds_before comes from the same checkpoint).
+    time_up = bool(cfg.max_minutes) and seconds_before >= 60 * cfg.max_minutes
+    checkpoint_due = stop_now = False
 
     def out_of_time() -> bool:
         return time_up if distributed else time.perf_counter() >= deadline
@@ -124,8 +127,6 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
     try:
         while state.step < state.total_steps and not out_of_time():
             for real in batches.epoch(state.epoch, start=state.batch_in_epoch):
-                if cfg.max_minutes:  # the LR schedule and instance noise follow the time budget too
-                    state.clock = (seconds_before + time.perf_counter() - t0) / (60 * cfg.max_minutes)
                 metrics = train_step(state, real)
                 state.batch_in_epoch += 1
                 seen += real.size(0) * world  # images of the global batch
