@@ -29,8 +29,8 @@ EXPECTED_PARAMS = {
         conv(3, 32, True) + conv(32, 64) + norm(64) + conv(64, 128) + norm(128) + linear(2048, 1),
         linear(100, 2048) + norm(128) + conv(128, 64) + norm(64) + conv(64, 32) + norm(32) + conv(32, 3, True)),
     "fast32": (
-        conv(3, 48, True) + conv(48, 96) + norm(96) + conv(96, 192) + norm(192) + linear(3072, 1),
-        linear(100, 3072) + norm(192) + conv(192, 96) + norm(96) + conv(96, 48) + norm(48) + conv(48, 3, True)),
+        conv(3, 64, True) + conv(64, 128) + norm(128) + conv(128, 256) + norm(256) + linear(4096, 1),
+        linear(100, 4096) + norm(256) + conv(256, 128) + norm(128) + conv(128, 64) + norm(64) + conv(64, 3, True)),
     "classic32": (
         conv(3, 64, True) + conv(64, 128) + norm(128) + conv(128, 256) + norm(256) + conv(256, 512)
         + norm(512) + linear(2048, 1),
