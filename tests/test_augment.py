@@ -55,6 +55,10 @@ def test_diff_augment_is_differentiable_and_empty_policy_is_identity():
     assert x.grad is not None and x.grad.abs().sum() > 0  # G's gradient flows back through the augmentations
 
 
+def test_config_accepts_exactly_the_implemented_augmentations():
+    assert set(config.AUGMENTATIONS) == set(augment.TRANSFORMS)
+
+
 def test_config_rejects_an_unknown_augmentation():
     with pytest.raises(ValueError, match="diffaug.*translation"):
         config.make_config("small32", diffaug="translation,rotate")
