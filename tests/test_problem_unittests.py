@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import problem_unittests as checks
-from facegan import config, data, losses, models, step
+from facegan import config, data, losses, models
+from facegan.updates import discriminator_step, generator_step, make_optimizers
 
 
 def _optimizers(D, G, preset="small32"):
-    return step.make_optimizers(D, G, config.make_config(preset, fused_adam=False))
+    return make_optimizers(D, G, config.make_config(preset, fused_adam=False))
 
 
 def test_checks_pass_on_the_reference_code(capsys):
@@ -33,9 +34,9 @@ def test_checks_pass_on_the_reference_code(capsys):
     d_opt, g_opt = _optimizers(D, G, "classic32")
     checks.test_optimizers(d_opt, g_opt, D, G)
     checks.test_optimizers(d_opt, g_opt, D, G, lr=2e-4, betas=(0.5, 0.999))
-    checks.test_discriminator_step(step.discriminator_step, D, G, d_opt,
+    checks.test_discriminator_step(discriminator_step, D, G, d_opt,
                                    torch.rand(8, 3, 32, 32) * 2 - 1, torch.randn(8, 100))
-    checks.test_generator_step(step.generator_step, D, G, g_opt, torch.randn(8, 100))
+    checks.test_generator_step(generator_step, D, G, g_opt, torch.randn(8, 100))
     out = capsys.readouterr().out
     assert out.count("Tests Passed") == 13 and "Note" not in out
 
@@ -48,9 +49,10 @@ def test_dataloader_check_passes_on_real_data(celeba_dir, capsys):
 # --- correct code in other styles: the checks test behaviour, not one way of writing it
 
 class SequentialViewD(nn.Module):
-    """nn.Sequential, .view to flatten, a functional LeakyReLU nowhere: all fine in a contiguous layout."""
+    """nn.Sequential, .view to flatten, a functional LeakyReLU nowhere: all fine in a contiguous layout.  Three
+    layers, fixed: without an n_layers argument the check does not ask for other depths."""
 
-    def __init__(self, conv_dim=32, n_layers=3):
+    def __init__(self, conv_dim=32):
         super().__init__()
         self.conv = nn.Sequential(
             nn.Conv2d(3, conv_dim, 4, 2, 1), nn.LeakyReLU(0.2),
@@ -91,6 +93,7 @@ class ExplicitG(nn.Module):
         super().__init__()
         self.conv_dim = conv_dim
         self.fc = nn.Linear(z_size, conv_dim * 4 * 4 * 4)
+        self.bn0 = nn.BatchNorm2d(conv_dim * 4)
         self.t1 = nn.ConvTranspose2d(conv_dim * 4, conv_dim * 2, 4, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(conv_dim * 2)
         self.t2 = nn.ConvTranspose2d(conv_dim * 2, conv_dim, 4, 2, 1, bias=False)
@@ -98,10 +101,87 @@ class ExplicitG(nn.Module):
         self.t3 = nn.ConvTranspose2d(conv_dim, 3, 4, 2, 1)
 
     def forward(self, z):
-        x = self.fc(z).view(-1, self.conv_dim * 4, 4, 4)
+        x = F.relu(self.bn0(self.fc(z).view(-1, self.conv_dim * 4, 4, 4)))
         x = F.relu(self.bn1(self.t1(x)))
         x = F.relu(self.bn2(self.t2(x)))
         return torch.tanh(self.t3(x))
+
+
+class LoopG(nn.Module):
+    """n_layers in a loop over nn.ModuleList, BatchNorm1d on the projection before the reshape, functional relu,
+    the output layer registered first (it still runs last), torch.tanh."""
+
+    def __init__(self, z_size=100, conv_dim=32, n_layers=3):
+        super().__init__()
+        self.out = nn.ConvTranspose2d(conv_dim, 3, 4, 2, 1)
+        self.top, self.side = conv_dim * 2 ** (n_layers - 1), 32 // 2 ** n_layers
+        self.fc = nn.Linear(z_size, self.top * self.side ** 2, bias=False)
+        self.bn0 = nn.BatchNorm1d(self.top * self.side ** 2)
+        widths = [conv_dim * 2 ** i for i in reversed(range(n_layers))]
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(a, b, 4, 2, 1) for a, b in zip(widths, widths[1:], strict=False))
+        self.bns = nn.ModuleList(nn.BatchNorm2d(b) for b in widths[1:])
+
+    def forward(self, z):
+        x = F.relu(self.bn0(self.fc(z))).reshape(-1, self.top, self.side, self.side)
+        for up, bn in zip(self.ups, self.bns, strict=True):
+            x = F.relu(bn(up(x)))
+        return torch.tanh(self.out(x))
+
+
+class UnflattenG(nn.Module):
+    """One nn.Sequential: nn.Unflatten, in-place ReLUs, a LeakyReLU after the projection, nn.Tanh."""
+
+    def __init__(self, z_size=100, conv_dim=32, n_layers=3):
+        super().__init__()
+        top, side = conv_dim * 2 ** (n_layers - 1), 32 // 2 ** n_layers
+        layers = [nn.Linear(z_size, top * side * side), nn.Unflatten(1, (top, side, side)), nn.BatchNorm2d(top),
+                  nn.LeakyReLU(0.2, inplace=True)]
+        ch = top
+        for _ in range(n_layers - 1):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2),
+                       nn.ReLU(inplace=True)]
+            ch //= 2
+        self.net = nn.Sequential(*layers, nn.ConvTranspose2d(ch, 3, 4, 2, 1), nn.Tanh())
+
+    def forward(self, z):
+        return self.net(z)
+
+
+class ConvStemG(nn.Module):
+    """All-convolutional, as in the DCGAN paper: z as a 1x1 image, projected by a 4x4 transposed convolution;
+    a functional leaky_relu after the projection."""
+
+    def __init__(self, z_size=100, conv_dim=32):
+        super().__init__()
+        self.project = nn.ConvTranspose2d(z_size, conv_dim * 4, 4, 1, 0, bias=False)
+        self.bn0 = nn.BatchNorm2d(conv_dim * 4)
+        self.t1 = nn.ConvTranspose2d(conv_dim * 4, conv_dim * 2, 4, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(conv_dim * 2)
+        self.t2 = nn.ConvTranspose2d(conv_dim * 2, conv_dim, 4, 2, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(conv_dim)
+        self.t3 = nn.ConvTranspose2d(conv_dim, 3, 4, 2, 1)
+
+    def forward(self, z):
+        x = F.leaky_relu(self.bn0(self.project(z.view(z.size(0), -1, 1, 1))), 0.2)
+        x = F.relu(self.bn1(self.t1(x)))
+        x = F.relu(self.bn2(self.t2(x)))
+        return torch.tanh(self.t3(x))
+
+
+class LazyLinearD(nn.Module):
+    """n_layers in a loop over nn.ModuleList, functional leaky_relu, and nn.LazyLinear, which sizes itself."""
+
+    def __init__(self, conv_dim=32, n_layers=3):
+        super().__init__()
+        widths = [3] + [conv_dim * 2 ** i for i in range(n_layers)]
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 4, 2, 1) for a, b in zip(widths, widths[1:], strict=False))
+        self.bns = nn.ModuleList([nn.Identity()] + [nn.BatchNorm2d(b) for b in widths[2:]])
+        self.fc = nn.LazyLinear(1)
+
+    def forward(self, x):
+        for conv, bn in zip(self.convs, self.bns, strict=True):
+            x = F.leaky_relu(bn(conv(x)), 0.2)
+        return self.fc(x.flatten(1))
 
 
 def classname_init(m):
@@ -161,6 +241,17 @@ def test_other_correct_styles_pass(celeba_dir, capsys):
     assert out.count("Tests Passed") == 8
     # .view passes, with a note that it would fail in helpers.train's channels_last layout
     assert out.count("x.flatten(1) works everywhere") == 1
+
+
+def test_more_model_styles_pass(capsys):
+    """Correct G and D in other styles, at the checks' default sizes and with four layers."""
+    for G in (ExplicitG, LoopG, UnflattenG, ConvStemG):
+        checks.test_generator(G)
+    checks.test_generator(LoopG, 100, 64, n_layers=4)
+    checks.test_generator(UnflattenG, 64, 16, n_layers=2)
+    checks.test_discriminator(LazyLinearD)
+    checks.test_discriminator(LazyLinearD, 64, n_layers=4)
+    assert capsys.readouterr().out.count("Tests Passed") == 8
 
 
 # --- planted mistakes: models
@@ -257,6 +348,154 @@ class TooSmallG(models.Generator):
 
     def __init__(self, z_size=100, conv_dim=32):
         super().__init__(z_size, conv_dim, n_layers=2, image_size=16)
+
+
+class TemplateG(nn.Module):
+    """The textbook three-layer G written out, with knobs that plant one mistake at a time."""
+
+    def __init__(self, z_size=100, conv_dim=32, *, z_in=None, widths=None, projection=("bn", "relu"),
+                 output_bn=False, output=torch.tanh):
+        super().__init__()
+        self.c4, c2, c1 = widths or (conv_dim * 4, conv_dim * 2, conv_dim)
+        self.fc = nn.Linear(z_in or z_size, self.c4 * 4 * 4)
+        self.after_fc = nn.Sequential(*[nn.BatchNorm2d(self.c4) if k == "bn" else nn.ReLU() for k in projection])
+        self.t1, self.bn1 = nn.ConvTranspose2d(self.c4, c2, 4, 2, 1), nn.BatchNorm2d(c2)
+        self.t2, self.bn2 = nn.ConvTranspose2d(c2, c1, 4, 2, 1), nn.BatchNorm2d(c1)
+        self.t3 = nn.ConvTranspose2d(c1, 3, 4, 2, 1)
+        self.bn3 = nn.BatchNorm2d(3) if output_bn else nn.Identity()
+        self.output = output
+
+    def forward(self, z):
+        x = self.after_fc(self.fc(z).view(-1, self.c4, 4, 4))
+        x = F.relu(self.bn1(self.t1(x)))
+        x = F.relu(self.bn2(self.t2(x)))
+        return self.output(self.bn3(self.t3(x)))
+
+
+class MiddleFixedG(TemplateG):
+    """Uses conv_dim everywhere but in the middle layer, where it typed 64 (right for conv_dim=32 only)."""
+
+    def __init__(self, z_size=100, conv_dim=32):
+        super().__init__(z_size, conv_dim, widths=(conv_dim * 4, 64, conv_dim))
+
+
+class FixedZG(TemplateG):
+    """nn.Linear(100, ...): z_size typed in."""
+
+    def __init__(self, z_size=100, conv_dim=32):
+        super().__init__(z_size, conv_dim, z_in=100)
+
+
+class OutputBatchNormG(TemplateG):
+    """BatchNorm after the output layer too."""
+
+    def __init__(self, z_size=100, conv_dim=32):
+        super().__init__(z_size, conv_dim, output_bn=True)
+
+
+class OutputReLUG(TemplateG):
+    """A ReLU after the output layer, before tanh, like every other layer."""
+
+    def __init__(self, z_size=100, conv_dim=32):
+        super().__init__(z_size, conv_dim, output=nn.Sequential(nn.ReLU(), nn.Tanh()))
+
+
+class FunctionalSigmoidG(TemplateG):
+    """torch.sigmoid instead of torch.tanh, in forward."""
+
+    def __init__(self, z_size=100, conv_dim=32):
+        super().__init__(z_size, conv_dim, output=torch.sigmoid)
+
+
+class ZeroOneG(TemplateG):
+    """tanh, then shifted to [0, 1] "because images are in [0, 1]"."""
+
+    def __init__(self, z_size=100, conv_dim=32):
+        super().__init__(z_size, conv_dim, output=lambda x: (torch.tanh(x) + 1) / 2)
+
+
+class SquashedG(TemplateG):
+    """tanh scaled down by half."""
+
+    def __init__(self, z_size=100, conv_dim=32):
+        super().__init__(z_size, conv_dim, output=lambda x: 0.5 * torch.tanh(x))
+
+
+class NoProjectionReLUG(TemplateG):
+    """BatchNorm after the projection, but no ReLU."""
+
+    def __init__(self, z_size=100, conv_dim=32):
+        super().__init__(z_size, conv_dim, projection=("bn",))
+
+
+class NoProjectionBatchNormG(TemplateG):
+    """ReLU after the projection, but no BatchNorm (the classic course's solution)."""
+
+    def __init__(self, z_size=100, conv_dim=32):
+        super().__init__(z_size, conv_dim, projection=("relu",))
+
+
+class ReLUBeforeBatchNormG(TemplateG):
+    """ReLU, then BatchNorm, after the projection."""
+
+    def __init__(self, z_size=100, conv_dim=32):
+        super().__init__(z_size, conv_dim, projection=("relu", "bn"))
+
+
+class DoubleWidthLastG(TemplateG):
+    """The channels stop halving one layer early: the output layer takes 2 * conv_dim."""
+
+    def __init__(self, z_size=100, conv_dim=32):
+        super().__init__(z_size, conv_dim, widths=(conv_dim * 4, conv_dim * 2, conv_dim * 2))
+
+
+class OwnNoiseG(TemplateG):
+    """Draws its own noise instead of using the z it is given."""
+
+    def forward(self, z):
+        return super().forward(torch.randn_like(z))
+
+
+class IgnoresZG(TemplateG):
+    """Draws one latent in __init__ and ignores the z it is given."""
+
+    def __init__(self, z_size=100, conv_dim=32):
+        super().__init__(z_size, conv_dim)
+        self.register_buffer("z0", torch.randn(1, z_size))
+
+    def forward(self, z):
+        return super().forward(self.z0.expand(z.size(0), -1))
+
+
+class FixedDepthG(TemplateG):
+    """Takes n_layers, and always builds three transposed convolutions."""
+
+    def __init__(self, z_size=100, conv_dim=32, n_layers=3):
+        super().__init__(z_size, conv_dim)
+
+
+class FixedSideG(models.Generator):
+    """Builds n_layers transposed convolutions, but always from a 4x4 map."""
+
+    def __init__(self, z_size=100, conv_dim=32, n_layers=3):
+        super().__init__(z_size, conv_dim, n_layers)
+        self.side = 4
+        self.fc = nn.Linear(z_size, self.top * 4 * 4)
+
+
+class FixedDepthD(models.Discriminator):
+    """Takes n_layers, and always builds three convolutions."""
+
+    def __init__(self, conv_dim=32, n_layers=3):
+        super().__init__(conv_dim)
+
+
+class FixedLinearD(models.Discriminator):
+    """n_layers convolutions, but a linear layer sized for three."""
+
+    def __init__(self, conv_dim=32, n_layers=3):
+        super().__init__(conv_dim, n_layers)
+        self.fc = nn.Linear(conv_dim * 4 * 4 * 4, 1)
 
 
 # --- planted mistakes: data
@@ -370,6 +609,15 @@ def item_real_loss(D_out, smooth=False):
     return losses.real_loss(D_out, smooth).item()
 
 
+def scaled_smooth_real_loss(D_out, smooth=False):
+    loss = F.binary_cross_entropy_with_logits(D_out, torch.ones_like(D_out))
+    return loss * 0.9 if smooth else loss
+
+
+def two_sided_fake_loss(D_out):
+    return F.binary_cross_entropy_with_logits(D_out, torch.full_like(D_out, 0.1))
+
+
 # --- planted mistakes: steps
 
 def undetached_d_step(D, G, d_optimizer, real_images, z, smooth=False):
@@ -412,7 +660,7 @@ def no_step_d_step(D, G, d_optimizer, real_images, z, smooth=False):
 
 
 def no_return_d_step(D, G, d_optimizer, real_images, z, smooth=False):
-    step.discriminator_step(D, G, d_optimizer, real_images, z, smooth)
+    discriminator_step(D, G, d_optimizer, real_images, z, smooth)
 
 
 def fake_loss_g_step(D, G, g_optimizer, z):
@@ -471,6 +719,37 @@ MISTAKES = [
     ("G without BatchNorm", checks.test_generator, (NoBatchNormG,), "no BatchNorm.*nn.BatchNorm2d"),
     ("G ignores conv_dim", checks.test_generator, (FixedWidthG,), "expected 32 input channels.*conv_dim"),
     ("G too few layers", checks.test_generator, (TooSmallG,), r"\(50, 3, 32, 32\), got \(50, 3, 16, 16\)"),
+    ("G ignores conv_dim in one layer", checks.test_generator, (MiddleFixedG,),
+     r"Generator\(64, 16\): layer 2 \(ConvTranspose2d\) output: expected 32 channels.*got 64.*a fixed number"),
+    ("G types z_size", checks.test_generator, (FixedZG,),
+     r"Generator\(64, 16\)'s first layer: expected 64 inputs \(z_size\), got 100.*nn.Linear\(z_size"),
+    ("G BatchNorm after the output layer", checks.test_generator, (OutputBatchNormG,),
+     r"output layer: expected tanh right after the last transposed convolution, got BatchNorm2d between them"
+     r".*oscillate"),
+    ("G ReLU before tanh", checks.test_generator, (OutputReLUG,), "got ReLU before tanh.*remove the ReLU"),
+    ("G torch.sigmoid", checks.test_generator, (FunctionalSigmoidG,), "got sigmoid, whose images.*torch.tanh"),
+    ("G shifts tanh to [0, 1]", checks.test_generator, (ZeroOneG,),
+     r"output range: expected values reaching both -1 and 1.*got \[0\.?\d*, 1\.?\d*\].*live in \[0, 1\]"),
+    ("G squashes tanh", checks.test_generator, (SquashedG,), r"got \[-0.5, 0.5\].*squashed"),
+    ("G no ReLU after the projection", checks.test_generator, (NoProjectionReLUG,),
+     "first layer.*expected BatchNorm, then ReLU, got the BatchNorm's output passed on unchanged.*apply ReLU"),
+    ("G no BatchNorm after the projection", checks.test_generator, (NoProjectionBatchNormG,),
+     r"the Linear that projects z\): expected BatchNorm, then ReLU, got ReLU before the next layer"
+     r".*nn.BatchNorm2d\(channels\)"),
+    ("G ReLU before BatchNorm", checks.test_generator, (ReLUBeforeBatchNormG,),
+     "got ReLU before the BatchNorm and nothing after it"),
+    ("G output layer takes 2*conv_dim", checks.test_generator, (DoubleWidthLastG,),
+     "last transposed convolution: expected 32 input channels \\(conv_dim\\), got 64"),
+    ("G draws its own noise", checks.test_generator, (OwnNoiseG,), "same images for the same z.*no new noise"),
+    ("G ignores z", checks.test_generator, (IgnoresZG,), "the same image for all 50 latent vectors.*self.fc\\(z\\)"),
+    ("G ignores n_layers", checks.test_generator, (FixedDepthG,),
+     r"n_layers=4\) layers: expected 4 stride-2 transposed convolutions \(n_layers\), got 3.*ignored"),
+    ("G starts from 4x4 whatever n_layers", checks.test_generator, (FixedSideG,),
+     r"n_layers=4\) output shape: expected \(8, 3, 32, 32\), got \(8, 3, 64, 64\).*image_size // 2\*\*n_layers"),
+    ("D ignores n_layers", checks.test_discriminator, (FixedDepthD,),
+     r"n_layers=4\) layers: expected 4 stride-2 convolutions \(n_layers\), got 3.*range\(n_layers\)"),
+    ("D linear sized for 3 layers", checks.test_discriminator, (FixedLinearD,),
+     r"n_layers=4\).forward crashed.*mat1 and mat2.*256 channels.*2x2 pixels.*in_features"),
     ("scale off", checks.test_scale, (bad_scale,), r"\[-0.5, 1.5\].*multiply by \(max - min\)"),
     ("scale ignores range", checks.test_scale, (hard_coded_scale,),
      r"feature_range=\(0.5, 2\).*lo, hi = feature_range"),
@@ -488,6 +767,10 @@ MISTAKES = [
     ("smooth ignored", checks.test_losses, (unsmoothed_real_loss, losses.fake_loss), "smooth argument is ignored"),
     ("smooth gives 0.1", checks.test_losses, (smooth_to_point_one_real_loss, losses.fake_loss),
      r"label 0.1.*lowers the REAL label from 1 to 0.9"),
+    ("smooth scales the loss", checks.test_losses, (scaled_smooth_real_loss, losses.fake_loss),
+     r"logits=-2, smooth=True\): expected BCE with the label it has at logit 5.*changes the labels, not the loss"),
+    ("two-sided smoothing", checks.test_losses, (losses.real_loss, two_sided_fake_loss),
+     r"label 0.1\).*one-sided.*where there is no data.*Salimans"),
     ("fake labelled 1", checks.test_losses, (losses.real_loss, swapped_fake_loss), "label 1\\).*labelled 0"),
     ("BCELoss on logits", checks.test_losses, (bce_loss_on_logits, losses.fake_loss), "BCEWithLogitsLoss"),
     ("labels of the wrong shape", checks.test_losses, (unsqueezed_labels_real_loss, losses.fake_loss),
@@ -506,8 +789,12 @@ MISTAKES = [
 
 @pytest.mark.parametrize("check, args, message", [m[1:] for m in MISTAKES], ids=[m[0] for m in MISTAKES])
 def test_each_mistake_is_named(check, args, message):
-    with pytest.raises(checks.CheckFailed, match=f"(?s){message}"):
+    with pytest.raises(checks.CheckFailed, match=f"(?s){message}") as info:
         check(*args)
+    # what was expected and what came back (or the crash itself), then a hint
+    text = str(info.value)
+    assert "Hint:" in text or "not implemented yet" in text
+    assert ": expected " in text or " crashed: " in text or "not implemented yet" in text
 
 
 def _fresh():
@@ -560,7 +847,8 @@ def test_optimiser_mistakes_are_named():
         checks.test_optimizers(stale, torch.optim.Adam(G.parameters(), 0.002, betas=(0.5, 0.99)), D, G, **good)
     assert "Discriminator.parameters" not in str(info.value)
     defaults = [torch.optim.Adam(net.parameters(), 0.002) for net in (D, G)]
-    with pytest.raises(checks.CheckFailed, match=r"(?s)\(0.9, 0.999\), Adam's defaults.*beta1 to 0.5"):
+    adams_defaults = r"(?s)\(0.9, 0.999\), Adam's defaults.*cfg.beta1 \(0.5 for the DCGAN presets"
+    with pytest.raises(checks.CheckFailed, match=adams_defaults):
         checks.test_optimizers(*defaults, D, G, **good)
     sgd = [torch.optim.SGD(net.parameters(), 0.002) for net in (D, G)]
     with pytest.raises(checks.CheckFailed, match="(?s)expected torch.optim.Adam, got SGD"):
@@ -571,6 +859,61 @@ def test_optimiser_mistakes_are_named():
         checks.test_optimizers(*slow, D, G, **good)
     with pytest.raises(checks.CheckFailed, match=r"(?s)not implemented yet.*torch.optim.Adam\(D.parameters\(\)"):
         checks.test_optimizers(None, None, D, G, **good)
+
+
+@pytest.mark.parametrize("preset", list(config.PRESETS))
+def test_optimiser_check_holds_for_every_preset(preset, capsys):
+    """Each optimiser is checked against its own rate (D: cfg.lr_d, G: cfg.lr_g) and the preset's betas."""
+    cfg = config.make_config(preset, fused_adam=False)
+    D, G = models.build_models(cfg)
+    checks.test_optimizers(*make_optimizers(D, G, cfg), D, G, cfg=cfg)
+    # the notebook's solution lines
+    d_optimizer = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    g_optimizer = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+    checks.test_optimizers(d_optimizer, g_optimizer, D, G, lr_d=cfg.lr_d, lr_g=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+    assert capsys.readouterr().out.count("Tests Passed") == 2
+    # Adam's defaults are never the preset's betas
+    defaults = [torch.optim.Adam(net.parameters(), cfg.lr_d) for net in (D, G)]
+    with pytest.raises(checks.CheckFailed, match=r"(?s)Adam's defaults.*betas=\(cfg.beta1, cfg.beta2\)"):
+        checks.test_optimizers(*defaults, D, G, cfg=cfg)
+
+
+def test_each_optimiser_gets_its_own_rate():
+    """hinge_sn64 trains D at 4e-4 and G at 1e-4 (TTUR): one rate for both is named as such."""
+    cfg = config.make_config("hinge_sn64", fused_adam=False)
+    D, G = models.build_models(cfg)
+    betas = (cfg.beta1, cfg.beta2)
+    same = [torch.optim.Adam(net.parameters(), lr=cfg.lr_d, betas=betas) for net in (D, G)]
+    with pytest.raises(checks.CheckFailed, match=r"(?s)g_optimizer settings: expected lr=0.0001 \(cfg.lr_g\).*"
+                                                 r"got lr=0.0004.*has D's learning rate.*cfg.lr_g for G") as info:
+        checks.test_optimizers(*same, D, G, cfg=cfg)
+    assert "torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))" in str(info.value)
+    swapped_rates = [torch.optim.Adam(D.parameters(), lr=cfg.lr_g, betas=betas),
+                     torch.optim.Adam(G.parameters(), lr=cfg.lr_d, betas=betas)]
+    with pytest.raises(checks.CheckFailed, match=r"(?s)d_optimizer settings: expected lr=0.0004.*has G's learning"):
+        checks.test_optimizers(*swapped_rates, D, G, cfg=cfg)
+    # the same with the rates given one by one
+    with pytest.raises(checks.CheckFailed, match=r"(?s)g_optimizer settings: expected lr=0.0001, betas=\(0.0, 0.9\)"):
+        checks.test_optimizers(*same, D, G, lr_d=cfg.lr_d, lr_g=cfg.lr_g, betas=betas)
+    # beta1 0.5 where the preset says 0.0
+    dcgan_betas = [torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999)),
+                   torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))]
+    with pytest.raises(checks.CheckFailed, match=r"(?s)expected lr=0.0004, betas=\(0.0, 0.9\).*betas=\(0.5, 0.999\)"):
+        checks.test_optimizers(*dcgan_betas, D, G, cfg=cfg)
+
+
+@pytest.mark.parametrize("preset", list(config.PRESETS))
+def test_the_notebook_loop_plays_only_the_bce_game(preset):
+    cfg = config.make_config(preset)
+    if cfg.loss == "bce":
+        checks.require_bce_game(cfg)  # silent
+        return
+    with pytest.raises(checks.NotTheBCEGame) as info:
+        checks.require_bce_game(cfg)
+    text = str(info.value)
+    assert text.count(". ") == 0 and text.endswith(".")  # one sentence
+    assert "BCE game" in text and f"'{cfg.loss}'" in text
+    assert "helpers.train(cfg)" in text and f"python helpers.py train --preset {preset}" in text
 
 
 def test_mistake_count():
