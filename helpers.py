@@ -2,7 +2,7 @@
 
 The engine is the ``facegan`` package, one module per job; this file re-exports the
 teaching API so that the notebook, the exercise and ``problem_unittests.py`` need a
-single import.  Notebook section -> functions -> module:
+single import.  Notebook section -> functions -> module (every module, one line each: docs/layout.md):
 
     1. Get the data           ensure_celeba, list_images, read_image, resolve_image_dir,
                               FaceImages, DataError                          facegan/data.py
@@ -15,9 +15,12 @@ single import.  Notebook section -> functions -> module:
     5. Losses                 real_loss, fake_loss, hinge_*, wasserstein_*,
                               gradient_penalty, LOSSES                        facegan/losses.py
     6. Optimisers and steps   make_optimizers, discriminator_step,
-                              generator_step, pick_device, train_step         facegan/step.py
+                              generator_step                                  facegan/updates.py
+                              pick_device                                     facegan/device.py
+                              TrainState, make_state                          facegan/state.py
+                              train_step                                      facegan/step.py
     7. Training               Config, PRESETS, make_config, in_ci             facegan/config.py
-                              train                                           facegan/train.py
+                              train, TrainResult, make_progress_gif           facegan/train.py
     8. Results                plot_losses, show_images, show_samples_over_training,
                               save_progress_gif                               facegan/plots.py
                               generate, truncated_latent, face_for_seed,
@@ -58,6 +61,9 @@ from facegan.data import (
     resolve_image_dir,
     scale,
 )
+
+# 6. Optimisers and the training step
+from facegan.device import pick_device
 from facegan.evaluation import evaluate_generator
 
 # 5. Losses
@@ -86,18 +92,10 @@ from facegan.models import (
 from facegan.plots import plot_losses, save_progress_gif, show_images, show_samples_over_training
 from facegan.sampling import face_for_seed, generate, interpolate_faces, slerp, truncated_latent
 from facegan.setup import prepare
-
-# 6. Optimisers and the training step
-from facegan.step import (
-    TrainState,
-    discriminator_step,
-    generator_step,
-    make_optimizers,
-    make_state,
-    pick_device,
-    train_step,
-)
-from facegan.train import train
+from facegan.state import TrainState, make_state
+from facegan.step import train_step
+from facegan.train import TrainResult, make_progress_gif, train
+from facegan.updates import discriminator_step, generator_step, make_optimizers
 
 __all__ = [
     # 1-2. data
@@ -113,11 +111,11 @@ __all__ = [
     "TrainState", "discriminator_step", "generator_step", "make_optimizers", "make_state", "pick_device",
     "train_step",
     # 7. training
-    "PRESETS", "Config", "in_ci", "make_config", "train",
+    "PRESETS", "Config", "TrainResult", "in_ci", "make_config", "train",
     # 8. results
     "export_generator", "load_checkpoint", "load_generator", "save_checkpoint", "evaluate_generator",
-    "plot_losses", "save_progress_gif", "show_images", "show_samples_over_training", "face_for_seed",
-    "generate", "interpolate_faces", "slerp", "truncated_latent",
+    "plot_losses", "make_progress_gif", "save_progress_gif", "show_images", "show_samples_over_training",
+    "face_for_seed", "generate", "interpolate_faces", "slerp", "truncated_latent",
     # the command line
     "main",
 ]

@@ -91,8 +91,10 @@ def main() -> None:
 
     from facegan.bench import cpu_kernels, peak_gflops
     from facegan.config import make_config
+    from facegan.device import training_precision
     from facegan.models import LatentProjection, sample_latent
-    from facegan.step import make_state, train_step, training_precision
+    from facegan.state import make_state
+    from facegan.step import train_step
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -94,7 +94,8 @@ def main() -> int:
     cfg = make_config("dcgan64", epochs=1000, max_minutes=args.minutes, ema_decay=0.999, device=args.device,
                       log_every=50, checkpoint_minutes=0, **sizes)
     t = time.perf_counter()
-    state = train(cfg, args.out, progress=False)
+    result = train(cfg, args.out, progress=False)
+    state = result.state
     gen = export_generator(state, Path(args.out) / "generator_64px.pt")
     trained = time.perf_counter() - t
     extractor = inception_extractor(device=dev)
@@ -103,7 +104,7 @@ def main() -> int:
     fid = evaluate_generator(state.sampler, cfg, n, extractor=extractor)
     print(f"\ndcgan64 (EMA 0.999) on {name}: {state.step:,} steps of {cfg.batch_size} "
           f"({state.step * cfg.batch_size:,} images) in {trained / 60:.1f} min "
-          f"({state.images_per_second:,.0f} img/s with logging and sampling); "
+          f"({result.images_per_second:,.0f} img/s with logging and sampling); "
           f"FID-{n}@64 {fid['fid']:.1f}, KID {fid['kid']:.4f} ({time.perf_counter() - t:.0f} s); generator {gen}")
     best = max((r for r in rows if r["preset"] == "dcgan64" and "error" not in r), key=lambda r: r["img_s"],
                default=None)

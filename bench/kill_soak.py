@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from facegan.checkpoint import CheckpointError, read_resume_checkpoint  # noqa: E402
+from facegan.checkpoint import CheckpointError, newest_checkpoint  # noqa: E402
 
 
 def main() -> int:
@@ -66,7 +66,7 @@ def main() -> int:
         proc.wait()
         reader.join(timeout=2)
         try:
-            ckpt, _ = read_resume_checkpoint(out)
+            ckpt, _ = newest_checkpoint(out)
         except (CheckpointError, FileNotFoundError) as e:
             unreadable += 1
             print(f"kill {k}: no readable checkpoint: {e}")

@@ -21,18 +21,11 @@ from .batches import training_batches
 from .checkpoint import load_checkpoint
 from .config import PRESETS, Config, make_config
 from .data import get_dataloader, resolve_image_dir
+from .device import native_bf16, pick_device, training_precision
 from .models import build_models, count_parameters, sample_latent
-from .step import (
-    TrainState,
-    discriminator_step,
-    generator_step,
-    make_optimizers,
-    make_state,
-    native_bf16,
-    pick_device,
-    train_step,
-    training_precision,
-)
+from .state import TrainState, make_state
+from .step import train_step
+from .updates import discriminator_step, generator_step, make_optimizers
 
 BENCH_CASES = (("32px conv_dim 32", "small32"), ("32px conv_dim 64", "classic32"), ("64px conv_dim 64", "dcgan64"))
 

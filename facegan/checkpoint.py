@@ -1,8 +1,9 @@
 """Checkpoints and export: save a run atomically, load it back without running any code.
 
-A checkpoint holds everything needed to resume exactly: the configuration, both
-models, both optimisers, the EMA copy, the step, the history, the fixed-latent
-grids and every random generator's state.  It is written to a temporary file and
+A checkpoint holds everything needed to resume exactly, and nothing more: the
+configuration, both models, both optimisers, the EMA copy, the step, the history, the
+fixed latents and every random generator's state.  Sample grids are PNG files in the
+run folder, so a checkpoint's size does not grow with the run.  It is written to a temporary file and
 renamed into place, and the checkpoint it replaces is kept as ``checkpoint.prev.pt``,
 so a crash at any moment leaves at least one good checkpoint.
 
@@ -26,7 +27,7 @@ import torch.nn as nn
 from . import distributed as ddp
 from .config import Config
 from .models import build_models
-from .step import TrainState, bare, make_state, refresh_batchnorm
+from .state import TrainState, bare, make_state, refresh_batchnorm
 
 CHECKPOINT, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
 _np_core = getattr(np, "_core", None) or np.core  # NumPy 2 renamed np.core to np._core
@@ -90,7 +91,7 @@ def save_checkpoint(state: TrainState, path: str | Path, keep_previous: bool = T
         "d_opt": state.d_opt.state_dict(), "g_opt": state.g_opt.state_dict(),
         "ema": state.ema.state_dict() if state.ema is not None else None,
         "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
-        "history": state.history, "samples": state.samples, "fixed_z": state.fixed_z.cpu(),
+        "history": state.history, "fixed_z": state.fixed_z.cpu(),
         "rng": rngs[0], "world_size": len(rngs),  # a resume must use the same number of processes
     }
     if len(rngs) > 1:
@@ -128,17 +129,53 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def read_resume_checkpoint(out: Path) -> tuple[dict, Path]:
-    """The newest readable checkpoint of a run folder: ``checkpoint.pt``, else the previous one."""
+def newest_checkpoint(out: str | Path) -> tuple[dict, Path]:
+    """The newest readable checkpoint of a run folder: ``checkpoint.pt``, else the previous one.
+
+    The one place that decides what a resume starts from (the command line and ``train`` both
+    call it); it says so when it falls back.  Neither file readable: ``CheckpointError``, or
+    ``FileNotFoundError`` when the folder holds no checkpoint at all.
+    """
+    out = Path(out)
     primary, previous = out / CHECKPOINT, out / PREVIOUS
+    if not primary.is_file() and not previous.is_file():
+        raise FileNotFoundError(f"--resume given but there is no checkpoint in {out}; drop --resume to start")
     try:
         return read_checkpoint(primary), primary
     except (CheckpointError, FileNotFoundError) as e:
         if not previous.is_file():
             raise
-        ckpt = read_checkpoint(previous)
+        try:
+            ckpt = read_checkpoint(previous)
+        except CheckpointError as e_prev:
+            raise CheckpointError(f"no readable checkpoint in {out}: {CHECKPOINT} and {PREVIOUS} are both "
+                                  "unreadable or not checkpoints. Start again in another --out folder "
+                                  "(or without --resume)") from e_prev
         print(f"{e}\nresuming from the previous checkpoint {previous} (step {ckpt['step']}) instead")
         return ckpt, previous
+
+
+class Checkpointer:
+    """The one path that writes a run's checkpoint; ``step`` is the step of the checkpoint on disk.
+
+    It never writes weights that are not finite, so after a NaN the last good checkpoint stays.
+    Without a run folder (``out=None``) it saves nothing.
+    """
+
+    def __init__(self, out: Path | None, step_on_disk: int):
+        self.out, self.step = out, step_on_disk
+
+    def save(self, state: TrainState) -> bool:
+        """Write ``state`` unless there is no folder, nothing new, or a weight is NaN/Inf."""
+        if self.out is None or state.step == self.step or not weights_finite(state):
+            return False
+        save_checkpoint(state, self.out / CHECKPOINT)  # distributed: every rank takes part, rank 0 writes
+        self.step = state.step
+        return True
+
+
+def weights_finite(state: TrainState) -> bool:
+    return all(torch.isfinite(p).all() for net in (state.D, state.G) for p in net.parameters())
 
 
 def load_checkpoint(checkpoint: str | Path | dict, state: TrainState | None = None,
@@ -162,7 +199,7 @@ def load_checkpoint(checkpoint: str | Path | dict, state: TrainState | None = No
     if state.ema is not None and ckpt["ema"] is not None:
         state.ema.load_state_dict(ckpt["ema"])
     state.step, state.epoch, state.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
-    state.history, state.samples = ckpt["history"], [tuple(s) for s in ckpt["samples"]]
+    state.history = ckpt["history"]  # (checkpoints before sample grids became PNG files also hold "samples")
     state.fixed_z = ckpt["fixed_z"].to(state.device)
     per_rank = ckpt.get("rng_per_rank")  # distributed runs: each rank takes back its own stream
     _set_rng_states(per_rank[ddp.rank()] if per_rank and ddp.active() else ckpt["rng"])

@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import distributed as ddp
-from .checkpoint import CHECKPOINT, CheckpointError, load_generator, read_checkpoint
+from .checkpoint import CHECKPOINT, CheckpointError, load_generator, newest_checkpoint
 from .config import PRESETS, PROJECT_ROOT, Config, field_help, make_config
 from .data import DataError, resolve_image_dir
+from .device import pick_device, training_precision
 from .serve import add_arguments as add_serve_arguments
 from .serve import run_from_args as cmd_serve
-from .step import pick_device, training_precision
 from .train import TrainingDiverged, train
 
 
@@ -67,8 +67,9 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
 
 def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{args.preset or 'small32'}{'-dry-run' if args.dry_run else ''}")
-    base = read_checkpoint(out / CHECKPOINT)["config"] if args.resume and (out / CHECKPOINT).is_file() else None
-    cfg = config_from_args(args, base)
+    # Resume: the run's newest readable checkpoint (with the fallback) gives the configuration and the state.
+    resume = newest_checkpoint(out)[0] if args.resume else False
+    cfg = config_from_args(args, resume["config"] if resume else None)
     # Under torchrun: join the process group for the run, leave it after (facegan/distributed.py).
     with ddp.process_group(cfg.device):
         device = ddp.local_device(pick_device(cfg.device))
@@ -76,20 +77,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             world = f" x {ddp.world_size()} processes (global batch {cfg.batch_size * ddp.world_size()})"
             print(f"training {cfg.preset} on {device} ({training_precision(cfg, device)})"
                   f"{world if ddp.active() else ''} -> {out}")
-        state = train(cfg, out, resume=args.resume)
+        result = train(cfg, out, resume=resume)
         if not ddp.is_main():
-            return 130 if state.interrupted else 0
-    if state.interrupted:
+            return 130 if result.interrupted else 0
+    if result.interrupted:
         return 130
-    h = state.history
-    if not state.images_per_second:
+    state, h = result.state, result.history
+    if not result.steps:
         print(f"nothing to do: the run in {out} is already complete at step {state.step} "
               f"(epoch {state.epoch}); raise --epochs, --max-steps or --max-minutes to train longer")
         return 0
     if cfg.max_minutes and h["seconds"] and h["seconds"][-1] >= 60 * cfg.max_minutes and state.step < state.total_steps:
         print(f"time budget of {cfg.max_minutes:g} training minutes used; to go on: --resume --max-minutes M "
               f"with M above {cfg.max_minutes:g}")
-    print(f"done: step {state.step}, epoch {state.epoch}, {state.images_per_second:.0f} img/s, "
+    print(f"done: step {state.step}, epoch {state.epoch}, {result.images_per_second:.0f} img/s, "
           f"d_loss {h['d_loss'][-1]:.3f}, g_loss {h['g_loss'][-1]:.3f}, "
           f"D(x) {h['d_real'][-1]:.2f}, D(G(z)) {h['d_fake'][-1]:.2f}; checkpoint {out / CHECKPOINT}")
     return 0
@@ -135,7 +136,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_exercise(args: argparse.Namespace) -> int:
     from .exercise import make_exercise_notebook
 
-    print(f"wrote {make_exercise_notebook(args.solution, args.out)}")
+    out = args.out or PROJECT_ROOT / ("face_generation_exercise_no_hints.ipynb" if args.no_hints
+                                      else "face_generation_exercise.ipynb")
+    print(f"wrote {make_exercise_notebook(args.solution, out, hints=not args.no_hints)}")
     return 0
 
 
@@ -178,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="regenerate face_generation_exercise.ipynb from the solution notebook",
                        formatter_class=show_defaults)
     p.add_argument("--solution", default=str(PROJECT_ROOT / "face_generation.ipynb"), help="the solution notebook")
-    p.add_argument("--out", default=str(PROJECT_ROOT / "face_generation_exercise.ipynb"), help="where to write")
+    p.add_argument("--out", default=None, help="where to write (default face_generation_exercise.ipynb, or "
+                   "face_generation_exercise_no_hints.ipynb with --no-hints)")
+    p.add_argument("--no-hints", action="store_true", help="leave out the graded hints under each exercise cell")
     p.set_defaults(handler=cmd_exercise)
 
     p = sub.add_parser("bench", parents=[common], help="training speed: the classic pipeline against this project's",

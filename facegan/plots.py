@@ -86,13 +86,44 @@ def show_samples_over_training(samples: list, n_images: int = 8, max_rows: int =
     return fig
 
 
+def grid_path(folder: str | Path, step: int) -> Path:
+    """Where a run keeps the fixed-latent grid of a step: ``RUN/samples/step_0001234.png``."""
+    return Path(folder) / "samples" / f"step_{step:07d}.png"
+
+
+def read_grids(folder: str | Path, image_size: int) -> list[tuple[int, torch.Tensor]]:
+    """The fixed-latent grids a run saved (``grid_path``), oldest first, as (step, uint8 N x 3 x S x S).
+
+    Each PNG is cut back into its images (``image_grid``'s layout: 2-pixel padding); the
+    blank tiles that fill the last row of a grid are dropped.
+    """
+    from PIL import Image
+
+    grids = []
+    for path in sorted((Path(folder) / "samples").glob("step_*.png")):
+        picture = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+        pitch = image_size + 2
+        rows, cols = (picture.shape[1] - 2) // pitch, (picture.shape[2] - 2) // pitch
+        tiles = [picture[:, 2 + r * pitch:2 + r * pitch + image_size, 2 + c * pitch:2 + c * pitch + image_size]
+                 for r in range(rows) for c in range(cols)]
+        while len(tiles) > 1 and bool((tiles[-1] == 255).all()):
+            tiles.pop()
+        grids.append((int(path.stem.removeprefix("step_")), torch.stack(tiles)))
+    return grids
+
+
 def save_progress_gif(samples: list, path: str | Path, n_images: int = 16, nrow: int = 4,
-                      duration_ms: int = 150) -> Path:
-    """An animated GIF of the fixed-latent grids over training (the last frame held longer)."""
+                      duration_ms: int = 150, max_frames: int = 60) -> Path:
+    """An animated GIF of the fixed-latent grids over training (the last frame held longer).
+
+    At most ``max_frames`` frames, evenly spread over the run, so a long run's GIF stays small.
+    """
     from PIL import Image
 
     if not samples:
         raise ValueError("no samples recorded: train for at least one epoch (or set sample_every)")
+    if len(samples) > max_frames:
+        samples = [samples[round(i)] for i in np.linspace(0, len(samples) - 1, max_frames)]
     frames = [Image.fromarray(image_grid(images[:n_images], nrow)) for _, images in samples]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,9 +34,9 @@ import torch.nn as nn
 
 from .checkpoint import load_generator, read_checkpoint
 from .config import PROJECT_ROOT, Config
+from .device import pick_device
 from .plots import image_grid
 from .sampling import generate, slerp, to_uint8, truncated_latent
-from .step import pick_device
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -1,17 +1,21 @@
-"""The training loop: batches in, ``train_step`` per batch, history, grids, FID and checkpoints out.
+"""The training loop: batches in, ``train_step`` per batch; history, grids, FID and checkpoints out.
 
-Nothing is lost when a run stops.  A checkpoint is written at every epoch end and,
-in between, every ``checkpoint_minutes`` of training; Ctrl-C, the notebook's stop
-button and SIGTERM save one before returning; resuming continues bit for bit where
-the checkpoint was taken.  A loss or weight that turns NaN or Inf stops the run
-within ``log_every`` steps, and the last good checkpoint is kept as it was.
+``train`` reads top to bottom: set up, then a loop of step and accumulate, and at logged
+steps one maintenance block (history, NaN check, FID, grids, checkpoint).  Two small
+objects keep the bookkeeping out of the way: ``RunClock`` (facegan/clock.py) owns the time
+budget, the checkpoint interval and stop requests; ``Checkpointer`` (facegan/checkpoint.py)
+is the one path that writes a checkpoint and knows the step on disk.
+
+Nothing is lost when a run stops.  A checkpoint is written at every epoch end and, in
+between, every ``checkpoint_minutes`` of training; Ctrl-C, the notebook's stop button and
+SIGTERM save one before returning; resuming continues bit for bit where the checkpoint was
+taken.  A loss or weight that turns NaN or Inf stops the run within ``log_every`` steps, and
+the last good checkpoint is kept as it was.
 """
 from __future__ import annotations
 
 import math
-import signal
-import threading
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,13 +24,16 @@ from tqdm.auto import tqdm
 
 from . import distributed as ddp
 from .batches import CachedBatches, LoaderBatches, training_batches
-from .checkpoint import CHECKPOINT, export_generator, load_checkpoint, read_resume_checkpoint, save_checkpoint
+from .checkpoint import Checkpointer, export_generator, load_checkpoint, newest_checkpoint
+from .clock import RunClock
 from .config import Config
 from .data import DataError, resolve_image_dir
+from .device import pick_device
 from .evaluation import evaluate_generator, inception_extractor
-from .plots import plot_losses, save_grid, save_progress_gif
+from .plots import grid_path, plot_losses, read_grids, save_grid, save_progress_gif
 from .sampling import generate, to_uint8
-from .step import TrainState, make_state, pick_device, train_step
+from .state import TrainState, make_state
+from .step import train_step
 
 #: Fields that fix the models' shapes: a checkpoint resumes only under the same values.
 ARCH_FIELDS = ("arch", "image_size", "z_size", "g_conv_dim", "d_conv_dim", "n_layers", "d_norm", "g_activation")
@@ -36,36 +43,161 @@ class TrainingDiverged(RuntimeError):
     """A loss or a weight became NaN or Inf; the message names the step and what went wrong."""
 
 
-def _non_finite(state: TrainState, record: dict[str, float]) -> str | None:
-    """What is NaN or Inf, if anything: a logged loss first, else a weight of D or G."""
-    for k, v in record.items():
-        if not math.isfinite(v):
-            return f"{k} is {v}"
-    for name, net in (("D", state.D), ("G", state.G)):
-        for key, p in net.named_parameters():
-            if not torch.isfinite(p).all():
-                return f"{name} weight {key} is not finite"
-    return None
+@dataclass
+class TrainResult:
+    """What one call to ``train`` did: the run's state (``state``) and this call's own figures."""
+
+    state: TrainState
+    out_dir: Path | None
+    steps: int = 0  # steps trained by this call; 0 when the run was already complete
+    images_per_second: float = 0.0
+    interrupted: bool = False  # stopped by Ctrl-C or SIGTERM (after saving a checkpoint)
+    grids: list = field(default_factory=list)  # this call's (step, images) grids, kept when there is no folder
+
+    @property
+    def samples(self) -> list[tuple[int, torch.Tensor]]:
+        """The fixed-latent grids of the whole run, oldest first: the run folder's PNG files, if any."""
+        if self.out_dir is not None and ddp.is_main():
+            return read_grids(self.out_dir, self.state.config.image_size)
+        return self.grids
+
+    step = property(lambda self: self.state.step)
+    epoch = property(lambda self: self.state.epoch)
+    history = property(lambda self: self.state.history)
+    config = property(lambda self: self.state.config)
+    G = property(lambda self: self.state.G)
+    D = property(lambda self: self.state.D)
+    sampler = property(lambda self: self.state.sampler)
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
+def train(cfg: Config, out_dir: str | Path | None = None, resume: bool | dict = False,
           batches: CachedBatches | LoaderBatches | None = None, progress: bool = True,
-          models: tuple[nn.Module, nn.Module] | None = None) -> TrainState:
-    """Train a GAN; checkpoints, sample grids and the loss plot go to ``out_dir``.
+          models: tuple[nn.Module, nn.Module] | None = None) -> TrainResult:
+    """Train a GAN; checkpoints, sample grids (``samples/``) and the loss plot go to ``out_dir``.
 
-    ``models=(D, G)`` trains your own networks (e.g. the notebook's) instead of
-    building them from the configuration.  With ``resume=True`` and a checkpoint in
-    ``out_dir``, training continues exactly where it stopped (same step, history,
-    optimiser moments, data order).  Stopped by Ctrl-C or SIGTERM, it saves a
-    checkpoint and returns the state so far, with ``state.interrupted`` set.
+    cfg       every setting of the run (``make_config(preset, **overrides)``).
+    out_dir   the run folder; None keeps everything in memory (grids in ``result.grids``).
+    resume    continue the run in ``out_dir`` exactly where it stopped (same step, history,
+              optimiser moments, data order, random streams); a checkpoint already read by
+              ``newest_checkpoint`` may be passed instead of True.
+    batches   the training batches (default: built from ``cfg`` by ``training_batches``).
+    progress  show a progress bar (of the time budget when ``cfg.max_minutes`` is set).
+    models    ``(D, G)`` to train your own networks instead of building them from ``cfg``.
+
+    Stopped by Ctrl-C or SIGTERM, it saves a checkpoint and returns with ``interrupted`` set.
     """
+    # Set up: the process group, the device, the data, the state, and where to resume from.
+    out = Path(out_dir) if out_dir else None
+    state, batches, folder = _set_up(cfg, out, resume, batches, models)
+    device = state.device
+    saver, result = Checkpointer(out, state.step), TrainResult(state, out)
+    meter, extractor = _Meter(), None  # the Inception network loads at the first FID measurement
+    last_grid = -1  # the step of this call's latest grid
+
+    with RunClock(cfg, _trained_seconds(state), device) as clock, _Progress(state, clock, progress) as bar:
+        try:
+            while state.step < state.total_steps and not clock.out_of_time():
+                for real in batches.epoch(state.epoch, start=state.batch_in_epoch):
+                    # Execute one training step and accumulate its metrics.
+                    meter.add(train_step(state, real), real.size(0) * ddp.world_size())
+                    state.batch_in_epoch += 1
+                    epoch_end = state.batch_in_epoch == len(batches)
+                    if epoch_end:
+                        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+
+                    # Perform maintenance tasks at logged steps, sample points and epoch ends.
+                    logged = state.step % cfg.log_every == 0 or state.step == state.total_steps
+                    if logged:
+                        record = clock.agree(meter.mean())  # distributed: averaged over ranks, verdicts agreed
+                        _stop_if_diverged(state, record, saver)
+                        _append_history(state, record, clock.seconds())
+                        bar.show(record, meter.images / clock.elapsed())
+                    if ddp.is_main() and cfg.fid_every and state.step % cfg.fid_every == 0:
+                        extractor = extractor or inception_extractor(device=device)
+                        _record_fid(state, extractor, folder)
+                    grid_due = state.step % cfg.sample_every == 0 if cfg.sample_every else epoch_end
+                    if grid_due:
+                        last_grid = _save_grid(state, result)
+                    if epoch_end or logged and clock.checkpoint_due():
+                        _save(state, saver, clock, full=epoch_end)
+                    if clock.stop_agreed:  # distributed: a stop every rank agreed on, at this same step
+                        raise KeyboardInterrupt("stop requested")
+                    if state.step >= state.total_steps or clock.out_of_time():
+                        break
+        except KeyboardInterrupt:
+            saver.save(state)
+            result.interrupted = True
+        result.steps, result.images_per_second = meter.steps, meter.images / max(clock.elapsed(), 1e-9)
+
+    # Finish: a grid of the final G, the last checkpoint, the progress GIF (or how to resume).
+    if result.interrupted:
+        _say_how_to_resume(state, out, saver)
+    elif meter.steps:
+        if last_grid != state.step:
+            _save_grid(state, result)
+        if saver.step != state.step:  # stopped mid-epoch (max_steps, max_minutes)
+            _save(state, saver, None, full=True)
+        if out and ddp.is_main():
+            make_progress_gif(out, cfg.image_size)
+    return result
+
+
+class _Meter:
+    """Sums of the step metrics since the last logged step, and what this call has trained."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = self.steps = self.images = 0
+
+    def add(self, metrics: dict[str, torch.Tensor], images: int) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0) + v
+        self.count, self.steps, self.images = self.count + 1, self.steps + 1, self.images + images
+
+    def mean(self) -> dict[str, float]:
+        """The means since the last call (``.item()`` waits for the device, so only at logged steps)."""
+        record = {k: (v / self.count).item() for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return record
+
+
+#: The budget bar counts training seconds: "fast32 (25-min budget):  40%|####  | 600/1500 s [...]".
+BUDGET_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]"
+
+
+class _Progress:
+    """A tqdm bar of steps, or of the time budget when the run has one (``max_minutes``)."""
+
+    def __init__(self, state: TrainState, clock: RunClock, enabled: bool):
+        cfg, self.state, self.clock = state.config, state, clock
+        self.budget = cfg.max_minutes > 0
+        disable = not enabled or not ddp.is_main()
+        if self.budget:
+            total = round(clock.budget)
+            self.bar = tqdm(total=total, initial=min(round(clock.trained_before), total), unit="s", disable=disable,
+                            desc=f"{cfg.preset} ({cfg.max_minutes:g}-min budget)", bar_format=BUDGET_BAR)
+        else:
+            self.bar = tqdm(total=state.total_steps, initial=state.step, desc=cfg.preset, unit="step",
+                            disable=disable)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+    def show(self, record: dict[str, float], images_per_second: float) -> None:
+        done = min(round(self.clock.seconds()), self.bar.total) if self.budget else self.state.step
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix(step=self.state.step, d=f"{record['d_loss']:.3f}", g=f"{record['g_loss']:.3f}",
+                             Dx=f"{record['d_real']:.2f}", DGz=f"{record['d_fake']:.2f}",
+                             ips=f"{images_per_second:.0f}")
+
+
+def _set_up(cfg: Config, out: Path | None, resume: bool | dict, batches, models) -> tuple:
+    """(state, batches, real-image folder): the process group, device, data and models, resumed if asked."""
     cfg.validate()
     ddp.setup(cfg.device)  # under torchrun: join the process group (facegan/distributed.py); else nothing
-    distributed, main, world = ddp.active(), ddp.is_main(), ddp.world_size()
     device = ddp.local_device(pick_device(cfg.device))  # distributed: cuda -> cuda:LOCAL_RANK
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # pick the fastest conv algorithms for our fixed shapes
@@ -76,152 +208,112 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
         raise DataError(f"not one batch of {cfg.batch_size} images; lower batch_size or add images")
     state = make_state(cfg, len(batches), device, models)
     ddp.seed_ranks(cfg.seed)  # distributed: each rank draws its own latents and noise
-    out = Path(out_dir) if out_dir else None
     if resume:
-        if out is None or not ((out / CHECKPOINT).is_file() or (out / "checkpoint.prev.pt").is_file()):
-            raise FileNotFoundError(f"--resume given but there is no checkpoint in {out}; drop --resume to start")
-        ckpt, path = read_resume_checkpoint(out)  # read once: config check and restore use the same copy
-        clash = [f for f in ARCH_FIELDS if getattr(ckpt["config"], f) != getattr(cfg, f)]
-        if clash:
-            raise ValueError(f"cannot resume: the checkpoint's {clash} differ from this configuration; "
-                             f"use the same preset or another --out folder")
-        if ckpt.get("world_size", 1) != world:  # the data order and random streams depend on it
-            raise ValueError(f"cannot resume: the checkpoint was written by {ckpt.get('world_size', 1)} "
-                             f"process(es) and this run has {world}; resume with the same number of "
-                             f"processes (torchrun --nnodes/--nproc_per_node), or start another --out folder")
-        load_checkpoint(ckpt, state)
-        if main:
-            print(f"resumed from {path} at step {state.step} (epoch {state.epoch})")
+        _restore(state, out, resume)
     state.D, state.G = ddp.wrap_models(state.D, state.G, device, cfg.sync_batchnorm)  # distributed: DDP
     if cfg.compile:
         state.D, state.G = torch.compile(state.D), torch.compile(state.G)
-
-    seconds_before = state.history["seconds"][-1] if state.history["seconds"] else 0.0
-    extractor = None  # the Inception network, loaded on the first FID measurement
-    sums: dict[str, torch.Tensor] = {}
-    count = 0
-    t0, seen = time.perf_counter(), 0
-    # max_minutes counts training time over the whole run, resumes included.
-    deadline = t0 + 60 * cfg.max_minutes - seconds_before if cfg.max_minutes else math.inf
-
-    def checkpoint_due_from(now: float) -> float:
-        return now + 60 * cfg.checkpoint_minutes if cfg.checkpoint_minutes else math.inf
-
-    next_checkpoint = checkpoint_due_from(t0)
-    saved_step = state.step  # the step of the checkpoint on disk
-    in_main = threading.current_thread() is threading.main_thread()
-    # Distributed: SIGTERM/Ctrl-C set a flag that the ranks agree on at a logged step, and
-    # the time limit is agreed there too, so every rank stops at the same step.
-    stop = ddp.StopRequest().__enter__() if distributed and in_main else None
-    # Distributed: the verdicts agreed at the last logged step.  A budget already spent is
-    # spent on every rank alike (seconds_before comes from the same checkpoint).
-    time_up = bool(cfg.max_minutes) and seconds_before >= 60 * cfg.max_minutes
-    checkpoint_due = stop_now = False
-
-    def out_of_time() -> bool:
-        return time_up if distributed else time.perf_counter() >= deadline
-
-    old_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if in_main and not stop else None
-    bar = tqdm(total=state.total_steps, initial=state.step, desc=cfg.preset, unit="step",
-               disable=not progress or not main)
-    try:
-        while state.step < state.total_steps and not out_of_time():
-            for real in batches.epoch(state.epoch, start=state.batch_in_epoch):
-                metrics = train_step(state, real)
-                state.batch_in_epoch += 1
-                seen += real.size(0) * world  # images of the global batch
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0) + v
-                count += 1
-                logged = state.step % cfg.log_every == 0 or state.step == state.total_steps
-                if logged:
-                    # .item() waits for the device, so history is gathered every log_every steps only.
-                    record = {k: (v / count).item() for k, v in sums.items()}
-                    if distributed:  # one all-reduce: losses averaged over ranks, flags true if any rank's is
-                        now = time.perf_counter()
-                        record, flags = ddp.agree(record, {"due": now >= next_checkpoint, "late": now >= deadline,
-                                                           "stop": bool(stop and stop.requested)}, device)
-                        checkpoint_due, time_up, stop_now = flags["due"], flags["late"], flags["stop"]
-                    problem = _non_finite(state, record)
-                    if problem:
-                        kept = f"; the last good checkpoint (step {saved_step}) is kept" if out else ""
-                        raise TrainingDiverged(f"training diverged at step {state.step}: {problem}{kept}. "
-                                               "Lower the learning rates, or try --amp false")
-                    for k, v in record.items():
-                        state.history[k].append(v)
-                    state.history["step"].append(state.step)
-                    state.history["epoch"].append(state.epoch)
-                    state.history["seconds"].append(seconds_before + time.perf_counter() - t0)  # training time
-                    sums, count = {}, 0
-                    bar.set_postfix(d=f"{record['d_loss']:.3f}", g=f"{record['g_loss']:.3f}",
-                                    Dx=f"{record['d_real']:.2f}", DGz=f"{record['d_fake']:.2f}",
-                                    ips=f"{seen / (time.perf_counter() - t0):.0f}")
-                bar.update(1)
-                if main and cfg.fid_every and state.step % cfg.fid_every == 0:
-                    extractor = extractor or inception_extractor(device=device)
-                    score = evaluate_generator(state.sampler, cfg, cfg.fid_samples, extractor=extractor,
-                                               folder=folder)
-                    state.history.setdefault("fid_step", []).append(state.step)
-                    state.history.setdefault("fid", []).append(score["fid"])
-                if main and cfg.sample_every and state.step % cfg.sample_every == 0:
-                    state.samples.append((state.step, to_uint8(generate(state.sampler, state.fixed_z))))
-                if state.batch_in_epoch == len(batches):  # the end of an epoch
-                    state.epoch += 1
-                    state.batch_in_epoch = 0
-                    if main and not cfg.sample_every:
-                        state.samples.append((state.step, to_uint8(generate(state.sampler, state.fixed_z))))
-                    if out and _non_finite(state, {}) is None:  # never save weights that are not finite
-                        save_run(state, out)
-                        saved_step = state.step
-                        next_checkpoint = checkpoint_due_from(time.perf_counter())
-                elif out and logged and (checkpoint_due if distributed else time.perf_counter() >= next_checkpoint):
-                    save_checkpoint(state, out / CHECKPOINT)  # mid-epoch: resumes at this very batch
-                    saved_step = state.step
-                    next_checkpoint = checkpoint_due_from(time.perf_counter())
-                if stop_now:  # distributed: a stop every rank agreed on, at this same step
-                    raise KeyboardInterrupt("stop requested")
-                if state.step >= state.total_steps or out_of_time():
-                    break
-    except KeyboardInterrupt:
-        state.interrupted = True
-        bar.close()
-        if out and state.step > saved_step and _non_finite(state, {}) is None:  # never save NaN weights
-            save_checkpoint(state, out / CHECKPOINT)
-            saved_step = state.step
-        if out and main:
-            launcher = f"torchrun (the same {world} processes)" if distributed else "python"
-            print(f"\nstopped at step {state.step}; checkpoint at step {saved_step} in {out / CHECKPOINT}. "
-                  f"Resume with: {launcher} helpers.py train --out {out} --resume")
-        return state
-    finally:
-        bar.close()
-        if stop:
-            stop.__exit__()
-        elif in_main:
-            signal.signal(signal.SIGTERM, old_handler)
-    if main and (not state.samples or state.samples[-1][0] != state.step):  # always end with a grid of the final G
-        state.samples.append((state.step, to_uint8(generate(state.sampler, state.fixed_z))))
-    if out and seen and saved_step != state.step:  # stopped mid-epoch (max_steps, max_minutes)
-        save_run(state, out)
-    state.images_per_second = seen / max(time.perf_counter() - t0, 1e-9)
-    return state
+    return state, batches, folder
 
 
-def save_run(state: TrainState, out: Path) -> None:
-    """Checkpoint plus the pictures a human wants to look at: the latest grid, the curves, a GIF."""
-    out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(state, out / CHECKPOINT)  # distributed: every rank takes part, rank 0 writes
+def _restore(state: TrainState, out: Path | None, resume: bool | dict) -> None:
+    """Load the run's newest readable checkpoint into ``state``, after checking that it fits."""
+    if out is None:
+        raise ValueError("resume needs the run folder (out_dir) that holds the checkpoint")
+    ckpt, path = (resume, out) if isinstance(resume, dict) else newest_checkpoint(out)
+    clash = [f for f in ARCH_FIELDS if getattr(ckpt["config"], f) != getattr(state.config, f)]
+    if clash:
+        raise ValueError(f"cannot resume: the checkpoint's {clash} differ from this configuration; "
+                         f"use the same preset or another --out folder")
+    if ckpt.get("world_size", 1) != ddp.world_size():  # the data order and random streams depend on it
+        raise ValueError(f"cannot resume: the checkpoint was written by {ckpt.get('world_size', 1)} "
+                         f"process(es) and this run has {ddp.world_size()}; resume with the same number of "
+                         f"processes (torchrun --nnodes/--nproc_per_node), or start another --out folder")
+    load_checkpoint(ckpt, state)
+    if ddp.is_main():
+        for step, images in ckpt.get("samples") or ():  # checkpoints from before grids were PNG files
+            if not grid_path(out, step).is_file():
+                save_grid(images, grid_path(out, step))
+        print(f"resumed from {path} at step {state.step} (epoch {state.epoch})")
+
+
+def _trained_seconds(state: TrainState) -> float:
+    return state.history["seconds"][-1] if state.history["seconds"] else 0.0
+
+
+def _stop_if_diverged(state: TrainState, record: dict[str, float], saver: Checkpointer) -> None:
+    """Raise ``TrainingDiverged`` if a logged loss or a weight is NaN or Inf."""
+    problem = next((f"{k} is {v}" for k, v in record.items() if not math.isfinite(v)), None)
+    for name, net in (("D", state.D), ("G", state.G)):
+        for key, p in net.named_parameters():
+            if problem is None and not torch.isfinite(p).all():
+                problem = f"{name} weight {key} is not finite"
+    if problem:
+        kept = f"; the last good checkpoint (step {saver.step}) is kept" if saver.out else ""
+        raise TrainingDiverged(f"training diverged at step {state.step}: {problem}{kept}. "
+                               "Lower the learning rates, or try --amp false")
+
+
+def _append_history(state: TrainState, record: dict[str, float], seconds: float) -> None:
+    for k, v in record.items():
+        state.history[k].append(v)
+    state.history["step"].append(state.step)
+    state.history["epoch"].append(state.epoch)
+    state.history["seconds"].append(seconds)  # training time, resumes included
+
+
+def _record_fid(state: TrainState, extractor: nn.Module, folder: Path | None) -> None:
+    score = evaluate_generator(state.sampler, state.config, state.config.fid_samples, extractor=extractor,
+                               folder=folder)
+    state.history.setdefault("fid_step", []).append(state.step)
+    state.history.setdefault("fid", []).append(score["fid"])
+
+
+def _save_grid(state: TrainState, result: TrainResult) -> int:
+    """The fixed latents through the current generator: a PNG in the run folder, or kept in memory."""
     if not ddp.is_main():
+        return state.step
+    images = to_uint8(generate(state.sampler, state.fixed_z))
+    if result.out_dir is None:
+        result.grids.append((state.step, images))
+    else:
+        save_grid(images, grid_path(result.out_dir, state.step))
+    return state.step
+
+
+def _save(state: TrainState, saver: Checkpointer, clock: RunClock | None, full: bool) -> None:
+    """Checkpoint; at epoch ends and at the end also the loss plot and a kept generator."""
+    saved = saver.save(state)
+    if clock is not None:
+        clock.checkpointed()
+    if not (saved and full and ddp.is_main()):
         return
     if state.config.keep_generators:
-        export_generator(state, out / "generators" / f"step_{state.step:07d}.pt")
-    if state.samples:
-        save_grid(state.samples[-1][1], out / "samples" / f"step_{state.samples[-1][0]:07d}.png")
-    if len(state.samples) > 1:
-        save_progress_gif(state.samples, out / "progress.gif")
+        export_generator(state, saver.out / "generators" / f"step_{state.step:07d}.pt")
     if state.history["step"]:
         import matplotlib.pyplot as plt
 
         fig = plot_losses(state.history)
-        fig.savefig(out / "losses.png", dpi=100, bbox_inches="tight")
+        fig.savefig(saver.out / "losses.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
+
+
+def _say_how_to_resume(state: TrainState, out: Path | None, saver: Checkpointer) -> None:
+    if out and ddp.is_main():
+        launcher = f"torchrun (the same {ddp.world_size()} processes)" if ddp.active() else "python"
+        print(f"\nstopped at step {state.step}; checkpoint at step {saver.step} in {saver.out}. "
+              f"Resume with: {launcher} helpers.py train --out {out} --resume")
+
+
+def make_progress_gif(run_dir: str | Path, image_size: int | None = None, max_frames: int = 60) -> Path | None:
+    """Build ``RUN/progress.gif`` from the run's saved grids (at most ``max_frames`` of them).
+
+    ``train`` calls it once at the end of a run; call it yourself for a run still going.
+    ``image_size`` defaults to the one in the run's checkpoint.
+    """
+    from .checkpoint import CHECKPOINT, read_checkpoint
+
+    run_dir = Path(run_dir)
+    image_size = image_size or read_checkpoint(run_dir / CHECKPOINT)["config"].image_size
+    grids = read_grids(run_dir, image_size)
+    return save_progress_gif(grids, run_dir / "progress.gif", max_frames=max_frames) if len(grids) > 1 else None

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from facegan import augment, config, models, step, train
+from facegan.state import make_state
 
 
 def _image(n: int = 8, side: int = 16) -> torch.Tensor:
@@ -69,7 +70,7 @@ def test_train_step_augments_what_d_sees(celeba_batch):
     scores = {}
     for policy in ("", "translation,cutout"):
         torch.manual_seed(0)
-        state = step.make_state(config.make_config("small32", batch_size=16, diffaug=policy), 100, "cpu")
+        state = make_state(config.make_config("small32", batch_size=16, diffaug=policy), 100, "cpu")
         torch.manual_seed(1)
         scores[policy] = step.train_step(state, real)["d_real"]
         assert torch.isfinite(scores[policy])

@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from facegan import batches, checkpoint, config, distributed, losses, step, train  # noqa: E402
+from facegan import device as device_policy  # noqa: E402
+from facegan.state import bare, make_state  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="needs torch.distributed with the gloo backend")
@@ -64,7 +66,7 @@ def _cached(cfg: config.Config, batch_size: int, rank: int = 0, world: int = 1) 
 
 def _ddp_state(cfg: config.Config):
     data_ = _cached(cfg, cfg.batch_size, distributed.rank(), distributed.world_size())
-    state = step.make_state(cfg, len(data_), "cpu")
+    state = make_state(cfg, len(data_), "cpu")
     distributed.seed_ranks(cfg.seed)
     state.D, state.G = distributed.wrap_models(state.D, state.G, state.device)
     return state, data_
@@ -93,7 +95,7 @@ def _preset_run(preset: str, **overrides) -> dict:
         g_turn = (state.step + 1) % cfg.n_critic == 0
         counts = dict(reduced)
         metrics = step.train_step(state, real)
-        bare_d = step.bare(state.D)
+        bare_d = bare(state.D)
         steps.append({
             "g_turn": g_turn, "finite": all(torch.isfinite(v).item() for v in metrics.values()),
             "d_reduced": reduced["D"] - counts["D"], "g_reduced": reduced["G"] - counts["G"],
@@ -152,7 +154,7 @@ def _equivalence(preset: str) -> dict:
         whole = next(_cached(cfg, world * B).epoch(0))
         result["global_batch_is_the_shards"] = torch.equal(whole, torch.cat(shards))
         for name, chunks in (("per_rank_bn", world), ("whole_batch_bn", 1)):
-            ref = step.make_state(cfg, 10, "cpu")
+            ref = make_state(cfg, 10, "cpu")
             ref.G = PerRankBatchNorm(ref.G, chunks)
             rd, rg = run(ref, whole, 0)
             result[name] = {"D": ((dd - rd).abs().max() / rd.abs().max()).item(),
@@ -189,9 +191,9 @@ def worker(mode: str, out: Path) -> None:
         return
     results = {p: _preset_run(p) for p in config.PRESETS}
     results["dcgan64 n_critic=2"] = _preset_run("dcgan64", n_critic=2)
-    precision, step.training_precision = step.training_precision, lambda cfg, device: "bf16"
+    precision, device_policy.training_precision = device_policy.training_precision, lambda cfg, device: "bf16"
     results["dcgan64 bf16"] = _preset_run("dcgan64")  # the autocast path, even where bf16 is emulated
-    step.training_precision = precision
+    device_policy.training_precision = precision
     results["equivalence"] = {p: _equivalence(p) for p in ("wgangp64", "hinge_sn64")}
     results["resume"] = _resume_runs(out)
     if distributed.is_main():

@@ -78,7 +78,7 @@ def test_sample_writes_n_readable_pngs(tmp_path):
 def test_cli_sample_and_fid(image_folder, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FACEGAN_CACHE", str(tmp_path / "cache"))
     cfg = config.make_config("small32", batch_size=4, data=str(image_folder), max_steps=1)
-    state = train.train(cfg, tmp_path, progress=False)
+    state = train.train(cfg, tmp_path, progress=False).state
     gen = checkpoint.export_generator(state, tmp_path / "g.pt")
     assert cli.main(["sample", "--generator", str(gen), "--n", "5", "--out", str(tmp_path / "s")]) == 0
     assert len(list((tmp_path / "s").glob("*.png"))) == 5
@@ -101,7 +101,7 @@ def test_fid_tracking_during_training(image_folder, tmp_path, monkeypatch):
 
 def test_exported_generator_is_half_precision_and_loads(celeba_dir, tmp_path):
     state = train.train(config.make_config("small32", batch_size=8, subset=16, max_steps=1, ema_decay=0.9),
-                          tmp_path, progress=False)
+                          tmp_path, progress=False).state
     path = checkpoint.export_generator(state, tmp_path / "g.pt")
     saved = torch.load(path, weights_only=False)
     assert all(v.dtype == torch.float16 for v in saved["G"].values() if v.is_floating_point())

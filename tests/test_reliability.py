@@ -203,3 +203,70 @@ def test_checkpoints_from_before_safe_loading_still_resume(celeba_dir, tmp_path)
     torch.save(old, tmp_path / "checkpoint.pt")
     resumed = checkpoint.load_checkpoint(tmp_path / "checkpoint.pt")
     assert resumed.step == state.step == 2
+
+
+def test_cli_resume_falls_back_to_the_previous_checkpoint_and_refuses_two_corrupt_ones(celeba_dir, tmp_path,
+                                                                                      capsys):
+    """The command line reads the checkpoint through the same fallback as train() (newest_checkpoint)."""
+    flags = ["train", "--out", str(tmp_path), "--amp", "false", "--subset", "64", "--batch-size", "16",
+             "--log-every", "1", "--checkpoint-minutes", "0"]
+    assert cli.main([*flags, "--epochs", "2"]) == 0
+    assert cli.main([*flags, "--epochs", "3", "--resume"]) == 0  # checkpoint.pt at step 12, .prev at 8
+    primary = tmp_path / checkpoint.CHECKPOINT
+    primary.write_bytes(primary.read_bytes()[:100_000])  # truncated
+    capsys.readouterr()
+    assert cli.main([*flags, "--epochs", "4", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "truncated or corrupt" in out and "resuming from the previous checkpoint" in out and "(step 8)" in out
+    assert checkpoint.read_checkpoint(primary)["step"] == 16  # trained on from step 8
+    for path in (primary, tmp_path / checkpoint.PREVIOUS):
+        path.write_bytes(b"not a checkpoint")
+    assert cli.main([*flags, "--epochs", "5", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "no readable checkpoint" in err and "--out" in err and len(err.splitlines()) <= 3
+
+
+def test_checkpoints_hold_no_sample_grids_and_stay_the_same_size(celeba_dir, tmp_path):
+    cfg = config.make_config("small32", batch_size=16, subset=64, log_every=1, sample_every=1, amp=False)
+    train.train(cfg.replace(epochs=1), tmp_path, progress=False)
+    first = (tmp_path / checkpoint.CHECKPOINT).stat().st_size
+    result = train.train(cfg.replace(epochs=4), tmp_path, resume=True, progress=False)
+    ckpt = torch.load(tmp_path / checkpoint.CHECKPOINT, weights_only=False)
+    assert "samples" not in ckpt
+    # Only the history grows: 12 more records of a few floats each, against a 1.5 MB checkpoint.
+    assert abs((tmp_path / checkpoint.CHECKPOINT).stat().st_size - first) < 20_000
+    assert len(list((tmp_path / "samples").glob("step_*.png"))) == 16  # one PNG per sample point
+    assert [s for s, _ in result.samples] == list(range(1, 17))
+    assert result.samples[-1][1].shape == (64, 3, 32, 32) and result.samples[-1][1].dtype == torch.uint8
+    assert (tmp_path / "progress.gif").is_file()
+
+
+def test_a_checkpoint_holding_sample_grids_still_resumes_and_its_grids_become_files(celeba_dir, tmp_path):
+    cfg = config.make_config("small32", batch_size=16, subset=64, log_every=1, amp=False)
+    train.train(cfg.replace(max_steps=2), tmp_path, progress=False)
+    old = torch.load(tmp_path / checkpoint.CHECKPOINT, weights_only=True)
+    old["samples"] = [(1, torch.full((64, 3, 32, 32), 7, dtype=torch.uint8))]  # the earlier format
+    torch.save(old, tmp_path / checkpoint.CHECKPOINT)
+    result = train.train(cfg.replace(max_steps=4), tmp_path, resume=True, progress=False)
+    assert result.step == 4
+    grids = dict(result.samples)
+    assert sorted(grids) == [1, 2, 4] and bool((grids[1] == 7).all())
+
+
+def test_the_progress_gif_is_capped(tmp_path):
+    from PIL import Image
+
+    from facegan import plots
+
+    samples = [(s, torch.full((16, 3, 8, 8), s, dtype=torch.uint8)) for s in range(200)]
+    path = plots.save_progress_gif(samples, tmp_path / "p.gif", max_frames=30)
+    with Image.open(path) as gif:
+        assert gif.n_frames <= 30 + 10  # the last frame is held for 10 more
+
+
+def test_the_progress_bar_shows_the_time_budget(celeba_dir, tmp_path, capsys):
+    cfg = config.make_config("small32", batch_size=16, subset=64, epochs=50, max_minutes=0.05, log_every=1)
+    result = train.train(cfg, tmp_path, progress=True)
+    err = capsys.readouterr().err
+    assert "(0.05-min budget)" in err and "/3 s" in err and "step=" in err
+    assert 0 < result.steps < result.state.total_steps  # the budget, not the step count, ended it

@@ -9,7 +9,8 @@ import nbformat
 import torch
 from conftest import make_celeba_zip
 
-from facegan import config, data, setup, step
+from facegan import config, data, setup
+from facegan import device as device_policy
 
 NOTEBOOK = Path(config.PROJECT_ROOT) / "face_generation.ipynb"
 
@@ -23,7 +24,7 @@ def _record(calls):
 def test_nothing_to_do_on_a_ready_machine(monkeypatch, capsys, tmp_path):
     calls, fetched = [], []
     monkeypatch.setattr(data, "ensure_celeba", lambda: fetched.append(1) or tmp_path / "celeba")
-    monkeypatch.setattr(step, "pick_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(device_policy, "pick_device", lambda: torch.device("cpu"))
     assert setup.missing_packages() == []
     assert setup.prepare(run=_record(calls)) == torch.device("cpu")
     assert calls == [] and fetched == [1]  # ensure_celeba returns at once when the images are there
@@ -46,14 +47,14 @@ def test_fetches_the_data_when_missing(monkeypatch, tmp_path):
     archive = make_celeba_zip(tmp_path / "processed-celeba-small.zip")
     target = tmp_path / "data"
     monkeypatch.setattr(data, "ensure_celeba", lambda: _original_ensure(archive, target))
-    monkeypatch.setattr(step, "pick_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(device_policy, "pick_device", lambda: torch.device("cpu"))
     setup.prepare(run=_record([]))
     assert len(data.list_images(target / "celeba")) == 10
 
 
 def test_picks_the_gpu(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(data, "ensure_celeba", lambda: tmp_path / "celeba")
-    monkeypatch.setattr(step, "pick_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(device_policy, "pick_device", lambda: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     assert setup.prepare(run=_record([])).type == "cuda"
     assert "GPU Tesla T4" in capsys.readouterr().out
@@ -61,7 +62,7 @@ def test_picks_the_gpu(monkeypatch, capsys, tmp_path):
 
 def test_colab_without_gpu_says_how_to_get_one(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(data, "ensure_celeba", lambda: tmp_path / "celeba")
-    monkeypatch.setattr(step, "pick_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(device_policy, "pick_device", lambda: torch.device("cpu"))
     monkeypatch.setattr(setup, "in_colab", lambda: True)
     setup.prepare(run=_record([]))
     assert "Runtime > Change runtime type > GPU" in capsys.readouterr().out

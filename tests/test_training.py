@@ -8,6 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from facegan import batches, bench, checkpoint, cli, config, data, models, sampling, step, train
+from facegan import device as device_policy
+from facegan.state import TrainState, make_state
+from facegan.updates import discriminator_step, generator_step, lr_factor, make_optimizers
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +19,9 @@ def real_batches(celeba_batch):
     return {64: celeba_batch, 32: F.interpolate(celeba_batch, size=32, mode="area")}
 
 
-def _state(preset: str, **overrides) -> step.TrainState:
+def _state(preset: str, **overrides) -> TrainState:
     cfg = config.make_config(preset, batch_size=16, **overrides)
-    return step.make_state(cfg, steps_per_epoch=100, device="cpu")
+    return make_state(cfg, steps_per_epoch=100, device="cpu")
 
 
 @pytest.mark.parametrize("preset", list(config.PRESETS))
@@ -76,7 +79,7 @@ def test_textbook_steps_match_the_training_step(real_batches):
     step.train_step(a, real)
     torch.manual_seed(1)
     z = models.sample_latent(16, b.config)
-    step.discriminator_step(b.D, b.G, b.d_opt, real, z, smooth=0.9)
+    discriminator_step(b.D, b.G, b.d_opt, real, z, smooth=0.9)
     for p, q in zip(a.D.parameters(), b.D.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6)
 
@@ -89,8 +92,8 @@ def test_lr_schedules_and_ema(real_batches):
     assert state.g_opt.param_groups[0]["lr"] == pytest.approx(0.002 * 0.5)  # cosine at half-way
     ema_w = state.ema.module.fc.weight
     assert not torch.equal(ema_w, state.G.fc.weight)  # the average lags behind G
-    assert step.lr_factor("linear", 3, 4) == pytest.approx(0.25)
-    assert step.lr_factor("constant", 3, 4) == 1.0
+    assert lr_factor("linear", 3, 4) == pytest.approx(0.25)
+    assert lr_factor("constant", 3, 4) == 1.0
 
 
 def _tiny_config(**overrides):
@@ -102,8 +105,7 @@ def test_checkpoint_resume_continues_exactly(celeba_dir, tmp_path):
     assert full.step == 16 and full.epoch == 2
     part = train.train(_tiny_config(max_steps=5), tmp_path / "split", progress=False)
     assert part.step == 5 and len(part.history["step"]) == 5
-    part.samples.pop()  # the grid made at the stop is not part of the uninterrupted run
-    checkpoint.save_checkpoint(part, tmp_path / "split" / "checkpoint.pt")
+    (tmp_path / "split" / "samples" / "step_0000005.png").unlink()  # the stop's grid: not in the whole run
     resumed = train.train(_tiny_config(), tmp_path / "split", resume=True, progress=False)
     assert resumed.step == 16 and resumed.history["step"] == list(range(1, 17))
     assert resumed.history["d_loss"] == pytest.approx(full.history["d_loss"], rel=1e-5)
@@ -114,7 +116,7 @@ def test_checkpoint_resume_continues_exactly(celeba_dir, tmp_path):
 
 def test_checkpoint_rebuilds_models_from_its_configuration(celeba_dir, tmp_path):
     cfg = config.make_config("dcgan64", batch_size=8, subset=16, max_steps=1, ema_decay=0.99)
-    state = train.train(cfg, tmp_path, progress=False)
+    state = train.train(cfg, tmp_path, progress=False).state
     G, loaded_cfg = checkpoint.load_generator(tmp_path / "checkpoint.pt")
     assert loaded_cfg == cfg
     z = state.fixed_z[:4]
@@ -157,7 +159,7 @@ def test_fast_step_equals_the_textbook_steps(preset, real_batches):
     parameters must agree to float tolerance (Adam would amplify float noise in tiny gradients)."""
     fast = _state(preset, amp=False)  # bf16 has its own test below
     assert fast.config.channels_last
-    plain = step.make_state(fast.config.replace(channels_last=False), 100, "cpu")
+    plain = make_state(fast.config.replace(channels_last=False), 100, "cpu")
     for s in (fast, plain):
         _use_sgd(s)
     real = real_batches[fast.config.image_size]
@@ -166,14 +168,14 @@ def test_fast_step_equals_the_textbook_steps(preset, real_batches):
         step.train_step(fast, real.contiguous(memory_format=torch.channels_last))
         torch.manual_seed(5)
         z = models.sample_latent(real.size(0), plain.config)
-        step.discriminator_step(plain.D, plain.G, plain.d_opt, real, z, smooth=plain.config.real_label[0])
-        step.generator_step(plain.D, plain.G, plain.g_opt, z)
+        discriminator_step(plain.D, plain.G, plain.d_opt, real, z, smooth=plain.config.real_label[0])
+        generator_step(plain.D, plain.G, plain.g_opt, z)
     for name, a, b in (("D", fast.D, plain.D), ("G", fast.G, plain.G)):
         for (key, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
             assert torch.allclose(p, q, atol=1e-5, rtol=1e-4), f"{name}.{key} differs"
 
 
-def _use_sgd(state: step.TrainState) -> None:
+def _use_sgd(state: TrainState) -> None:
     """Plain SGD applies gradients as they are (train_step sets its learning rates from the config)."""
     state.d_opt = torch.optim.SGD(state.D.parameters(), lr=state.config.lr_d)
     state.g_opt = torch.optim.SGD(state.G.parameters(), lr=state.config.lr_g)
@@ -185,9 +187,9 @@ def test_bf16_step_makes_nearly_the_fp32_update(preset, real_batches, monkeypatc
     matmul operands to 8 mantissa bits: the update must point the same way as fp32's, at the same size."""
     state = _state(preset)
     real = real_batches[state.config.image_size]
-    assert step.training_precision(state.config.replace(amp=False), state.device) == "fp32"
-    monkeypatch.setattr(step, "native_bf16", lambda device_type: True)  # bf16 even where emulated
-    assert step.training_precision(state.config, state.device) == "bf16"
+    assert device_policy.training_precision(state.config.replace(amp=False), state.device) == "fp32"
+    monkeypatch.setattr(device_policy, "native_bf16", lambda device_type: True)  # bf16 even where emulated
+    assert device_policy.training_precision(state.config, state.device) == "bf16"
     a, b = (torch.cat(list(bench.sgd_update(state, real, seed=5, amp=amp).values())) for amp in (False, True))
     assert F.cosine_similarity(a.double(), b.double(), dim=0) > 0.99
     assert abs(b.norm() / a.norm() - 1) < 0.02
@@ -200,14 +202,14 @@ def test_bf16_rounding_is_small_beside_minibatch_noise(preset, real_batches, mon
     """Every SGD step already follows a noisy estimate of the gradient: another batch of faces
     and latents would move the weights differently.  What bf16 adds to an update must be a small
     fraction of that difference, or it would change training beyond what reseeding does."""
-    monkeypatch.setattr(step, "native_bf16", lambda device_type: True)  # bf16 even where emulated
+    monkeypatch.setattr(device_policy, "native_bf16", lambda device_type: True)  # bf16 even where emulated
     state = _state(preset)
     real = real_batches[state.config.image_size]
     before = copy.deepcopy(state.G.state_dict())
     ratios = bench.bf16_rounding_vs_batch_noise(state, real, real.flip(3))  # mirrored faces: another batch
     assert set(ratios) == {"D", "G"} and all(0 < r < 0.2 for r in ratios.values()), ratios
     assert all(torch.equal(before[k], v) for k, v in state.G.state_dict().items())  # state untouched
-    monkeypatch.setattr(step, "native_bf16", lambda device_type: False)
+    monkeypatch.setattr(device_policy, "native_bf16", lambda device_type: False)
     with pytest.raises(RuntimeError, match="not native"):
         bench.bf16_rounding_vs_batch_noise(state, real, real.flip(3))
 
@@ -216,8 +218,8 @@ def test_fused_adam_makes_the_same_update_as_plain_adam():
     cfg = config.make_config("dcgan64")
     D1, G1 = models.build_models(cfg)
     D2, G2 = copy.deepcopy(D1), copy.deepcopy(G1)
-    fused = step.make_optimizers(D1, G1, cfg)
-    plain = step.make_optimizers(D2, G2, cfg.replace(fused_adam=False))
+    fused = make_optimizers(D1, G1, cfg)
+    plain = make_optimizers(D2, G2, cfg.replace(fused_adam=False))
     assert fused[0].defaults.get("fused") and not plain[0].defaults.get("fused")
     torch.manual_seed(0)
     for _ in range(3):
@@ -234,9 +236,9 @@ def test_fused_adam_makes_the_same_update_as_plain_adam():
 @pytest.mark.parametrize("preset", list(config.PRESETS))
 def test_bf16_autocast_path_runs_for_every_preset(preset, real_batches, monkeypatch):
     """The CUDA path trains under bf16 autocast; exercise the same code on the CPU's bf16 autocast."""
-    monkeypatch.setattr(step, "native_bf16", lambda device_type: True)  # bf16 even where emulated
+    monkeypatch.setattr(device_policy, "native_bf16", lambda device_type: True)  # bf16 even where emulated
     state = _state(preset)
-    assert step.training_precision(state.config, state.device) == "bf16"
+    assert device_policy.training_precision(state.config, state.device) == "bf16"
     real = real_batches[state.config.image_size]
     before = [p.detach().clone() for p in state.G.parameters()]
     for _ in range(state.config.n_critic):
@@ -270,7 +272,7 @@ def test_benchmark_worker_measures_every_pipeline(pipeline, celeba_dir):
     bench._bench_worker("small32", pipeline, 2, 1, 192, "cpu", out)
     result = out.get_nowait()
     assert result["img_s"] > 0 and result["peak_mb"] > 0
-    native = step.native_bf16("cpu")
+    native = device_policy.native_bf16("cpu")
     bf16 = "bf16" if native else "fp32"  # the default, like fast-bf16, is bf16 where the CPU has it
     expected = {"classic": "fp32", "fast-fp32": "fp32", "fast": bf16, "fast-bf16": bf16, "fast+compile": bf16}
     assert result["precision"] == expected[pipeline]
@@ -280,19 +282,19 @@ def test_benchmark_worker_measures_every_pipeline(pipeline, celeba_dir):
 
 def test_training_precision_follows_the_config_and_the_hardware(monkeypatch):
     cfg, cpu, cuda = config.make_config("dcgan64"), torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(step, "native_bf16", lambda device_type: True)
-    assert step.training_precision(cfg, cuda) == "bf16"  # bf16 by default where native
-    assert step.training_precision(cfg, cpu) == "bf16"
-    assert step.training_precision(cfg.replace(amp=False), cuda) == "fp32"  # exact fp32 on request
-    assert step.training_precision(cfg.replace(amp=False), cpu) == "fp32"
-    monkeypatch.setattr(step, "native_bf16", lambda device_type: False)  # e.g. an AVX2-only CPU
-    assert step.training_precision(cfg, cpu) == "fp32"
+    monkeypatch.setattr(device_policy, "native_bf16", lambda device_type: True)
+    assert device_policy.training_precision(cfg, cuda) == "bf16"  # bf16 by default where native
+    assert device_policy.training_precision(cfg, cpu) == "bf16"
+    assert device_policy.training_precision(cfg.replace(amp=False), cuda) == "fp32"  # exact fp32 on request
+    assert device_policy.training_precision(cfg.replace(amp=False), cpu) == "fp32"
+    monkeypatch.setattr(device_policy, "native_bf16", lambda device_type: False)  # e.g. an AVX2-only CPU
+    assert device_policy.training_precision(cfg, cpu) == "fp32"
     # FACEGAN_BF16=0 makes a bf16 machine train as an AVX2-only one does (CI checks fp32 that way)
     monkeypatch.undo()
-    step.native_bf16.cache_clear()
+    device_policy.native_bf16.cache_clear()
     monkeypatch.setenv("FACEGAN_BF16", "0")
-    assert not step.native_bf16("cpu") and step.training_precision(cfg, cpu) == "fp32"
-    step.native_bf16.cache_clear()
+    assert not device_policy.native_bf16("cpu") and device_policy.training_precision(cfg, cpu) == "fp32"
+    device_policy.native_bf16.cache_clear()
     monkeypatch.delenv("FACEGAN_BF16")
     # checkpoints written while CPUs had a separate switch still load
     assert config.Config.from_dict({**cfg.to_dict(), "cpu_bf16": False}) == cfg
@@ -332,3 +334,12 @@ def test_the_ema_generator_uses_batchnorm_statistics_of_its_own_weights(real_bat
         assert torch.allclose(bn.running_var, x.var(dim=(0, 2, 3)), rtol=0.2)
     refreshed = {k: v for k, v in G.state_dict().items() if "running_var" in k}
     assert any(not torch.allclose(averaged[k], refreshed[k], rtol=0.2) for k in averaged)
+
+
+def test_train_returns_a_result_apart_from_the_state(celeba_dir, tmp_path):
+    result = train.train(_tiny_config(max_steps=3), tmp_path, progress=False)
+    assert isinstance(result, train.TrainResult) and isinstance(result.state, TrainState)
+    assert result.steps == 3 and result.images_per_second > 0 and not result.interrupted
+    assert not hasattr(result.state, "images_per_second") and not hasattr(result.state, "samples")
+    again = train.train(_tiny_config(max_steps=3), tmp_path, resume=True, progress=False)
+    assert again.steps == 0 and again.step == 3  # nothing left to do

@@ -1,0 +1,88 @@
+"""The run's clock: the time budget, the checkpoint interval and stop requests, agreed by every rank.
+
+One process: SIGTERM raises ``KeyboardInterrupt`` (like Ctrl-C) wherever the loop is, and the
+loop saves a checkpoint on its way out.  Several processes (torchrun): SIGTERM and Ctrl-C only
+set a flag, and at each logged step the ranks agree, in one all-reduce, on the averaged losses
+and on three verdicts (a checkpoint is due, the budget is spent, a stop was requested), so they
+all checkpoint and stop at the same step.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+
+import torch
+
+from . import distributed as ddp
+from .config import Config
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+class RunClock:
+    """Training time (resumes included) against ``max_minutes``, and when to checkpoint next.
+
+    Use it as a context manager around the loop: it installs the stop handlers and restores
+    the previous ones on exit.
+    """
+
+    def __init__(self, cfg: Config, trained_seconds: float, device: torch.device):
+        self.budget = 60 * cfg.max_minutes if cfg.max_minutes else math.inf
+        self.interval = 60 * cfg.checkpoint_minutes if cfg.checkpoint_minutes else math.inf
+        self.trained_before, self.device = trained_seconds, device
+        self.start = time.perf_counter()
+        self.next_checkpoint = self.start + self.interval
+        self.distributed = ddp.active()
+        # The verdicts agreed at the last logged step (distributed runs).  A budget already spent is
+        # spent on every rank alike: trained_seconds comes from the same checkpoint.
+        self._time_up, self._due, self.stop_agreed = trained_seconds >= self.budget, False, False
+        self._stop: ddp.StopRequest | None = None
+        self._old_handler = None
+
+    def __enter__(self) -> RunClock:
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            if self.distributed:
+                self._stop = ddp.StopRequest().__enter__()
+            else:
+                self._old_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._stop is not None:
+            self._stop.__exit__()
+        elif self._old_handler is not None:
+            signal.signal(signal.SIGTERM, self._old_handler)
+
+    def seconds(self) -> float:
+        """Training time of the whole run so far, earlier calls (resumes) included."""
+        return self.trained_before + time.perf_counter() - self.start
+
+    def elapsed(self) -> float:
+        """Seconds since this call started training."""
+        return time.perf_counter() - self.start
+
+    def out_of_time(self) -> bool:
+        return self._time_up if self.distributed else self.seconds() >= self.budget
+
+    def checkpoint_due(self) -> bool:
+        return self._due if self.distributed else time.perf_counter() >= self.next_checkpoint
+
+    def checkpointed(self) -> None:
+        """A checkpoint was just written: the next one is due an interval from now."""
+        self.next_checkpoint = time.perf_counter() + self.interval
+        self._due = False
+
+    def agree(self, record: dict[str, float]) -> dict[str, float]:
+        """At a logged step: the losses averaged over ranks, and the verdicts every rank will act on."""
+        if not self.distributed:
+            return record
+        now = time.perf_counter()
+        record, flags = ddp.agree(record, {"due": now >= self.next_checkpoint,
+                                           "late": self.seconds() >= self.budget,
+                                           "stop": bool(self._stop and self._stop.requested)}, self.device)
+        self._due, self._time_up, self.stop_agreed = flags["due"], flags["late"], flags["stop"]
+        return record
