@@ -6,24 +6,45 @@ replaces each region with a scaffold: for names imported from ``helpers``, a
 stub with the same signature and docstring that raises NotImplementedError;
 for assignments, ``name = None`` with a TODO.  So the exercise never imports
 the answers, and it cannot drift from the solution.
+
+``python helpers.py exercise --no-hints`` writes the exercise without the graded hints.
 """
+# Maintainers: the exercise notebook is generated, never edited by hand.  Edit face_generation.ipynb
+# (its markdown, its solution regions and the checks under them), then run `python helpers.py exercise`
+# and commit both notebooks; tests/test_exercise.py fails while the committed exercise is stale.  The
+# exercise's first cell, written below, is for learners: keep instructions for maintainers here.
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 import torch.nn as nn
 
 from .config import PROJECT_ROOT
+from .setup import colab_badge
 
-#: Where the names that solution regions import from ``helpers`` are defined.
-TEACHING_MODULES = ("facegan.data", "facegan.models", "facegan.losses", "facegan.step")
+#: Where the names that solution regions import from ``helpers`` are defined.  A module that does not
+#: exist (yet) is skipped: facegan/updates.py holds the textbook steps once facegan/step.py is split.
+TEACHING_MODULES = ("facegan.data", "facegan.models", "facegan.losses", "facegan.updates", "facegan.step")
+
+#: The exercise's file name in the repository: its "Open in Colab" badge opens this notebook.
+EXERCISE_NOTEBOOK = "face_generation_exercise.ipynb"
+
+
+def _teaching_modules():
+    for module in TEACHING_MODULES:
+        try:
+            yield importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:  # a module that exists but fails to import is a bug to see
+                raise
 
 
 def find_solution(name: str):
     """The function or class called ``name`` in the teaching modules."""
-    for module in TEACHING_MODULES:
-        obj = getattr(importlib.import_module(module), name, None)
+    for module in _teaching_modules():
+        obj = getattr(module, name, None)
         if obj is not None:
             return obj
     raise ValueError(f"{name!r} is imported in a solution region but defined in none of {TEACHING_MODULES}")
@@ -36,10 +57,14 @@ EXERCISE_STUBS: dict[str, dict] = {
     "get_dataloader": dict(
         signature='(batch_size: int, image_size: int, data_dir: str = "celeba") -> DataLoader',
         doc="A shuffling DataLoader of face tensors in [-1, 1], each of shape (3, image_size, image_size).",
-        todo="turn each image into a tensor in [-1, 1] of the right size, and serve them in shuffled batches.",
+        todo='turn each image into a tensor in [-1, 1] of the right size, and serve them in shuffled batches. '
+             'data_dir="celeba" names the processed CelebA set, not a folder path: '
+             'helpers.resolve_image_dir(data_dir) finds its folder and helpers.FaceImages reads it '
+             '(ImageFolder would want one sub-folder per class).',
         hint="Chain five transforms: Resize, CenterCrop, RandomHorizontalFlip, ToTensor, Normalize. "
-             "`helpers.FaceImages(folder, transform)` is a dataset of a folder, and "
-             "`helpers.resolve_image_dir(data_dir)` finds the folder.",
+             "`helpers.resolve_image_dir(data_dir)` turns `\"celeba\"` into the folder of the processed set "
+             "(fetching it if needed), and `helpers.FaceImages(folder, transform)` is a dataset of that folder's "
+             "images; `ImageFolder` does not fit, since it wants one sub-folder per class.",
         lines="transform = transforms.Compose([\n"
               "    transforms.Resize(image_size), transforms.CenterCrop(image_size), "
               "transforms.RandomHorizontalFlip(),\n"
@@ -56,7 +81,8 @@ EXERCISE_STUBS: dict[str, dict] = {
         doc="32x32 images (N, 3, 32, 32) -> one raw logit per image (N, 1).",
         methods={"__init__": ("(self, conv_dim: int = 32, n_layers: int = 3)",
                               "n_layers stride-2 convolutions with conv_dim, 2*conv_dim... channels, "
-                              "then one linear layer."),
+                              "BatchNorm after each but the first, then one linear layer whose size follows "
+                              "from conv_dim and n_layers."),
                  "forward": ("(self, x: torch.Tensor) -> torch.Tensor",
                              "convolutions, flatten, linear: return the logits.")},
         hint="`nn.Conv2d(in_ch, out_ch, 4, 2, 1)` halves the image; put `nn.BatchNorm2d` after every convolution "
@@ -74,13 +100,17 @@ EXERCISE_STUBS: dict[str, dict] = {
     "Generator": dict(
         doc="Latent vectors (N, z_size) -> 32x32 images (N, 3, 32, 32) in [-1, 1].",
         methods={"__init__": ("(self, z_size: int = 100, conv_dim: int = 32, n_layers: int = 3)",
-                              "a linear layer to a small deep feature map, then n_layers transposed "
-                              "convolutions that double its size, down to 3 channels."),
+                              "a linear layer from z_size to a small deep feature map, followed by BatchNorm "
+                              "and ReLU; then n_layers transposed convolutions that double its size and halve "
+                              "its channels, each but the last followed by BatchNorm and ReLU. The last one "
+                              "takes exactly conv_dim channels and outputs 3, with tanh alone after it."),
                  "forward": ("(self, z: torch.Tensor) -> torch.Tensor",
-                             "linear, reshape to (N, channels, side, side), transposed convolutions, tanh.")},
-        hint="Start from top = conv_dim * 2**(n_layers - 1) channels at side = 32 // 2**n_layers pixels. "
-             "`nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1)` doubles the size; BatchNorm2d and ReLU after each "
-             "hidden layer; the last one outputs 3 channels and is followed by tanh.",
+                             "linear, reshape to (N, channels, side, side), BatchNorm and ReLU, transposed "
+                             "convolutions, tanh.")},
+        hint="Start from top = conv_dim * 2**(n_layers - 1) channels at side = 32 // 2**n_layers pixels, and "
+             "follow the linear projection with BatchNorm2d and ReLU, like every hidden layer. "
+             "`nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1)` doubles the size; the last one takes exactly conv_dim "
+             "channels, outputs 3, and is followed by tanh alone: no BatchNorm or ReLU after it.",
         lines="self.top, self.side = conv_dim * 2**(n_layers - 1), 32 // 2**n_layers\n"
               "self.fc = nn.Linear(z_size, self.top * self.side**2)\n"
               "layers, ch = [nn.BatchNorm2d(self.top), nn.ReLU()], self.top\n"
@@ -115,9 +145,11 @@ EXERCISE_STUBS: dict[str, dict] = {
     "discriminator_step": dict(
         signature="(D, G, d_optimizer, real_images, z, smooth=False) -> torch.Tensor",
         doc="One update of D on a real batch and a batch of fakes G(z); returns D's loss.",
-        todo="score real images and fakes, add the two losses, and update D only.",
+        todo="score the real images and the fakes in two separate calls to D (in one batch, BatchNorm would "
+             "mix their statistics), add the two losses, and update D only.",
         hint="Clear old gradients first. Make the fakes with `G(z).detach()` so D's loss stays out of G. "
-             "D's loss is `real_loss(D(real_images), smooth) + fake_loss(D(fake_images))`.",
+             "D's loss is `real_loss(D(real_images), smooth) + fake_loss(D(fake_images))`: two calls to D, "
+             "so that BatchNorm normalises the real batch and the fake batch each with its own statistics.",
         lines="d_optimizer.zero_grad()\n"
               "fake_images = G(z).detach()\n"
               "d_loss = real_loss(D(real_images), smooth) + fake_loss(D(fake_images))\n"
@@ -131,12 +163,14 @@ EXERCISE_STUBS: dict[str, dict] = {
         lines="g_optimizer.zero_grad()\ng_loss = real_loss(D(G(z)))\ng_loss.backward()\n"
               "g_optimizer.step()\nreturn g_loss"),
     "d_optimizer": dict(
-        todo="an Adam optimiser over D's parameters, with the preset's learning rate and betas (see cfg)",
-        hint="`torch.optim.Adam(params, lr=..., betas=(beta1, beta2))`; cfg holds lr_d, beta1 and beta2.",
+        todo="an Adam optimiser over D's parameters, with D's own learning rate cfg.lr_d and the betas "
+             "(cfg.beta1, cfg.beta2)",
+        hint="`torch.optim.Adam(params, lr=..., betas=(beta1, beta2))`; cfg holds lr_d, lr_g, beta1 and beta2 "
+             "(beta1 is 0.5 for the DCGAN presets, 0.0 for the WGAN-GP and hinge ones).",
         lines="d_optimizer = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))"),
     "g_optimizer": dict(
-        todo="the same for G, with cfg.lr_g",
-        hint="A separate optimiser, over G.parameters() only.",
+        todo="the same for G, with G's own learning rate cfg.lr_g (some presets train D faster than G)",
+        hint="A separate optimiser, over G.parameters() only, with cfg.lr_g.",
         lines="g_optimizer = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))"),
 }
 
@@ -250,9 +284,29 @@ def hints_markdown(names: list[str]) -> str:
     return "\n".join(parts)
 
 
+#: The solution notebook's "Open in Colab" badge, which the exercise replaces with its own.
+COLAB_BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
+
+
+def learner_note(hints: bool = True) -> str:
+    """What the exercise's first cell tells the learner, under the title and the badge."""
+    note = ("**This is the exercise.** The cells marked *Your code goes here* are yours to write: replace each "
+            "`raise NotImplementedError` (or `None`) with your code and run the cell. The check under it says "
+            "what it expected, what it got and what to try, until it passes.")
+    if hints:
+        note += " Stuck? Under each of those cells a collapsed hint opens first, then the key lines."
+    return note
+
+
 def make_exercise_notebook(solution_path: str | Path = PROJECT_ROOT / "face_generation.ipynb",
-                           exercise_path: str | Path = PROJECT_ROOT / "face_generation_exercise.ipynb") -> Path:
-    """Write the exercise notebook: the solution with every solution region scaffolded and no outputs."""
+                           exercise_path: str | Path = PROJECT_ROOT / EXERCISE_NOTEBOOK,
+                           hints: bool = True) -> Path:
+    """Write the exercise notebook: the solution with every solution region scaffolded and no outputs.
+
+    Under each scaffolded cell come its graded hints (a hint, then the key lines), unless ``hints`` is
+    false.  The first cell keeps the solution's title and introduction, with the exercise's own "Open in
+    Colab" badge (built from ``facegan.setup.PROJECT_REPO``) and a note to the learner.
+    """
     import nbformat
 
     nb = nbformat.read(solution_path, as_version=4)
@@ -276,13 +330,15 @@ def make_exercise_notebook(solution_path: str | Path = PROJECT_ROOT / "face_gene
             names += _region_names(region)
             src = src[:start] + exercise_region(region) + "\n\n" + src[end + len(END_SOLUTION):].lstrip("\n")
         cell.source = src
-        if names and hints_markdown(names):
+        if hints and names and hints_markdown(names):
             cells.append(nbformat.v4.new_markdown_cell(hints_markdown(names)))
     nb.cells = cells
-    nb.cells.insert(0, nbformat.v4.new_markdown_cell(
-        "**Exercise version.** Cells marked *Your code goes here* are yours to write: each is checked by the "
-        "test call below it, which explains what is wrong until it passes. Generated from "
-        "`face_generation.ipynb` by `python helpers.py exercise`; edit the solution notebook, not this one."))
+    badge_and_note = f"{colab_badge(EXERCISE_NOTEBOOK)}\n\n{learner_note(hints)}"
+    first = nb.cells[0] if nb.cells else None
+    if first is not None and first.cell_type == "markdown" and COLAB_BADGE.search(first.source):
+        first.source = COLAB_BADGE.sub(lambda _: badge_and_note, first.source, count=1)
+    else:
+        nb.cells.insert(0, nbformat.v4.new_markdown_cell(badge_and_note))
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"cell-{i}"  # stable ids, so regenerating gives the same file
     exercise_path = Path(exercise_path)

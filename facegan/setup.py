@@ -12,8 +12,24 @@ import importlib.util
 import subprocess
 import sys
 
-#: Where the notebook's set-up cell clones the project from, and the Colab link points to.
-PROJECT_URL = "https://github.com/<owner>/face-generation"
+#: The project's GitHub repository, owner/name: the one place its address is written.  Everything else
+#: follows from it: the clone URL of the notebook's set-up cell and its "Open in Colab" badges (the
+#: exercise's badge is generated from it by facegan/exercise.py; tests/test_exercise.py checks that both
+#: notebooks' links match it).
+PROJECT_REPO = "facegan-project/face-generation"
+PROJECT_BRANCH = "main"
+#: Where the notebook's set-up cell clones the project from.
+PROJECT_URL = f"https://github.com/{PROJECT_REPO}"
+
+
+def colab_url(notebook: str) -> str:
+    """The address that opens ``notebook`` (a path inside the repository) in Google Colab."""
+    return f"https://colab.research.google.com/github/{PROJECT_REPO}/blob/{PROJECT_BRANCH}/{notebook}"
+
+
+def colab_badge(notebook: str) -> str:
+    """The Markdown "Open in Colab" badge for ``notebook``."""
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(notebook)})"
 
 #: What the notebook imports -> the pip package that provides it.
 NOTEBOOK_PACKAGES = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "PIL": "pillow",
@@ -37,7 +53,7 @@ def prepare(fetch_data: bool = True, run=subprocess.run):
         run([sys.executable, "-m", "pip", "install", "--quiet", *missing], check=True)
         importlib.invalidate_caches()
     from .data import ensure_celeba
-    from .step import pick_device
+    from .device import pick_device
 
     data = ensure_celeba() if fetch_data else None
     device = pick_device()

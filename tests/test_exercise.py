@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import json
+import re
 import time
 import warnings
 from pathlib import Path
@@ -16,7 +18,8 @@ import torch
 
 import helpers
 import problem_unittests
-from facegan import config, exercise, models, step
+from facegan import cli, config, exercise, models, setup
+from facegan.updates import make_optimizers
 
 ROOT = Path(config.PROJECT_ROOT)
 SOLUTION, EXERCISE = ROOT / "face_generation.ipynb", ROOT / "face_generation_exercise.ipynb"
@@ -132,6 +135,20 @@ def test_exercise_has_no_solutions_outputs_or_test_markers():
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
 
 
+def test_exercise_is_committed_as_a_learner_receives_it():
+    """No outputs, no execution counts, no execution metadata: never run, in the committed file itself."""
+    raw = json.loads(EXERCISE.read_text())
+    code = [c for c in raw["cells"] if c["cell_type"] == "code"]
+    assert code
+    with_outputs = [i for i, c in enumerate(code) if c.get("outputs")]
+    counted = [i for i, c in enumerate(code) if c.get("execution_count") is not None]
+    assert not with_outputs and not counted, \
+        f"face_generation_exercise.ipynb was run (code cells {with_outputs or counted}): regenerate it with " \
+        "`python helpers.py exercise` instead of saving it from Jupyter"
+    assert not any("execution" in c.get("metadata", {}) for c in code)
+    assert set(raw["metadata"]) <= {"kernelspec", "language_info"}
+
+
 def test_stubs_show_only_what_the_learner_writes():
     code = "\n".join(c.source for c in nbformat.read(EXERCISE, as_version=4).cells if c.cell_type == "code")
     for helper_only in ("norm:", "norm=", "dropout", "spectral", "num_workers", "crop", "recursive", "activation"):
@@ -164,7 +181,7 @@ def test_scaffolds_fail_with_helpful_messages(celeba_batch):
     cells = _exercise_cells(EXERCISE)
     assert len(cells) == 7
     ns = _namespace(celeba_batch)
-    ns["d_optimizer"], ns["g_optimizer"] = step.make_optimizers(ns["D"], ns["G"], ns["cfg"])
+    ns["d_optimizer"], ns["g_optimizer"] = make_optimizers(ns["D"], ns["G"], ns["cfg"])
     for source in cells:
         with pytest.raises(problem_unittests.CheckFailed, match="not implemented yet") as info:
             exec(compile(source, "<exercise cell>", "exec"), dict(ns))
@@ -210,3 +227,98 @@ def test_filled_exercise_runs_top_to_bottom(celeba_dir, monkeypatch, tmp_path):
     assert "trained 40 steps" in text
     nbformat.write(nb, tmp_path / "filled_exercise.ipynb")
     warnings.warn(f"the filled-in exercise notebook ran top to bottom in {seconds:.0f} s (CI budget)", stacklevel=1)
+
+
+# --- what a visitor and a learner meet
+
+def _notebooks():
+    return {path.name: nbformat.read(path, as_version=4) for path in (SOLUTION, EXERCISE)}
+
+
+def test_badges_and_clone_address_follow_project_repo():
+    """PROJECT_REPO is the one place the repository's address is written: each notebook's badge opens that
+    notebook there, and the set-up cell clones it."""
+    assert re.fullmatch(r"[\w.-]+/[\w.-]+", setup.PROJECT_REPO) and "owner" not in setup.PROJECT_REPO
+    for name, nb in _notebooks().items():
+        badges = re.findall(r"https://colab\.research\.google\.com/github/[^)\s]+", nb.cells[0].source)
+        assert badges == [setup.colab_url(name)], \
+            f"{name}'s Colab badge is {badges}, not {setup.colab_url(name)}: fix the solution's first cell (from " \
+            "facegan.setup.colab_badge) and run `python helpers.py exercise`"
+        setup_cell = next(c.source for c in nb.cells if c.cell_type == "code")
+        assert re.findall(r"https://github\.com/[^\s\"']+", setup_cell) == [setup.PROJECT_URL]
+        assert f'os.chdir("{setup.PROJECT_REPO.split("/")[1]}")' in setup_cell
+    for path in (SOLUTION, EXERCISE, ROOT / "facegan" / "setup.py", ROOT / "facegan" / "exercise.py"):
+        assert "<owner>" not in path.read_text(), path.name
+
+
+def test_exercise_first_cell_speaks_to_the_learner():
+    first = nbformat.read(EXERCISE, as_version=4).cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# Face generation")
+    assert setup.colab_url(EXERCISE.name) in first.source
+    assert "yours to write" in first.source and "raise NotImplementedError" in first.source
+    for maintainer_talk in ("solution notebook", "Generated from", "helpers.py exercise", "edit the"):
+        assert maintainer_talk not in first.source
+
+
+def test_todos_state_what_the_checks_demand():
+    nb = nbformat.read(EXERCISE, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    todos = " ".join(re.sub(r"\s*#\s*", " ", m) for m in re.findall(r"# TODO:.*(?:\n\s*# .*)*", code))
+    assert "takes exactly conv_dim channels" in todos                     # G's last transposed convolution
+    assert "from z_size to a small deep feature map, followed by BatchNorm and ReLU" in todos
+    assert "with tanh alone after it" in todos
+    assert "two separate calls to D" in todos and "BatchNorm would mix their statistics" in todos
+    assert 'data_dir="celeba" names the processed CelebA set, not a folder path' in todos
+    assert "resolve_image_dir" in todos and "FaceImages" in todos
+    assert "cfg.lr_d" in todos and "cfg.lr_g" in todos
+    markdown = "\n".join(c.source for c in nbformat.read(SOLUTION, as_version=4).cells if c.cell_type == "markdown")
+    for demand in ("takes exactly `conv_dim`", "**BatchNorm, then ReLU**, after every hidden layer, the linear "
+                   "projection included", "**separate calls** to D", 'data_dir="celeba"` names the processed set',
+                   "`cfg.lr_d` for\nD, `cfg.lr_g` for G", "cfg.beta1` is\n0.5 for the DCGAN presets"):
+        assert demand in markdown, demand
+    assert "beta1 = 0.5" not in markdown
+
+
+def test_hint_free_exercise(tmp_path, capsys):
+    """`python helpers.py exercise --no-hints` writes the exercise without the graded hint cells."""
+    assert cli.main(["exercise", "--no-hints", "--out", str(tmp_path / "plain.ipynb")]) == 0
+    assert "plain.ipynb" in capsys.readouterr().out
+    plain, full = nbformat.read(tmp_path / "plain.ipynb", as_version=4), nbformat.read(EXERCISE, as_version=4)
+    assert not [c for c in plain.cells if c.cell_type == "markdown" and "<details>" in c.source]
+    assert "Stuck?" not in plain.cells[0].source and "Stuck?" in full.cells[0].source
+    # the same exercise otherwise: every code cell, and every cell but the hints
+    assert [c.source for c in plain.cells if c.cell_type == "code"] == \
+        [c.source for c in full.cells if c.cell_type == "code"]
+    assert len(plain.cells) == len(full.cells) - 7
+    assert cli.build_parser().parse_args(["exercise"]).no_hints is False
+
+
+def test_optimiser_cell_holds_for_every_preset(capsys):
+    """The solution's optimiser cell passes its check with each preset's own models and rates."""
+    cell = next(c for c in _exercise_cells(SOLUTION) if "d_optimizer = torch.optim.Adam" in c)
+    for preset in config.PRESETS:
+        cfg = config.make_config(preset)
+        D, G = models.build_models(cfg)
+        exec(compile(cell, "<optimiser cell>", "exec"), {"torch": torch, "tests": problem_unittests, "cfg": cfg,
+                                                         "D": D, "G": G})
+    out = capsys.readouterr().out
+    assert out.count("Tests Passed") == len(config.PRESETS)
+    assert "lr 0.0004 for D, 0.0001 for G, betas (0.0, 0.9)" in out
+
+
+def test_training_loop_refuses_other_games():
+    """The notebook's loop plays the BCE game; its first line stops the presets that play another one."""
+    for path in (SOLUTION, EXERCISE):
+        loop = next(c.source for c in nbformat.read(path, as_version=4).cells
+                    if c.cell_type == "code" and "for epoch in range(cfg.epochs)" in c.source)
+        first = loop.split("\n")[0]
+        assert first.startswith("tests.require_bce_game(cfg)")
+        for preset in config.PRESETS:
+            cfg = config.make_config(preset)
+            ns = {"tests": problem_unittests, "cfg": cfg}
+            if cfg.loss == "bce":
+                exec(first, ns)
+            else:
+                with pytest.raises(problem_unittests.NotTheBCEGame, match=rf"(?s)BCE game.*helpers\.train\(cfg\)"
+                                   rf".*python helpers\.py train --preset {preset}"):
+                    exec(first, ns)
