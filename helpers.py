@@ -34,7 +34,7 @@ It is also the command line, the same as ``python -m facegan``::
     python helpers.py train --preset small32 --epochs 5 --out runs/small32
     python helpers.py train --dry-run                  # a few steps, for CI
     python helpers.py train --out runs/small32 --resume
-    python helpers.py sample|fid|bench|exercise|serve --help
+    python helpers.py sample|fid|bench|exercise|serve|export --help
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ batch, in eager mode, with ``torch.compile`` and with CUDA graphs (``mode="reduc
 compile time reported apart from the steady-state speed; the percentage of the device's measured bf16
 peak; the peak memory; and the ratio to the classic pipeline (ImageFolder-style PIL DataLoader and the
 textbook steps) at batch 64.  Then it trains ``dcgan64`` for ``--minutes`` at the best batch and
-measures FID-N of the result at 64x64 against N real faces at 64x64 (N = 10,000 on a GPU).
+measures FID-N of the result at 64x64 against N real faces at 64x64 (N = 10,000 on a GPU), and writes
+the run's model folder (OUT/model: weights, config.json, a card with that FID and the device's name).
 Each speed measurement runs in a fresh process, so its peak memory is its own.
 """
 from __future__ import annotations
@@ -25,10 +26,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from facegan.bench import _run_worker, cpu_kernels, peak_gflops, step_flops  # noqa: E402
-from facegan.checkpoint import export_generator  # noqa: E402
+from facegan.checkpoint import CHECKPOINT  # noqa: E402
 from facegan.config import PRESETS, make_config  # noqa: E402
 from facegan.data import ensure_celeba  # noqa: E402
 from facegan.evaluation import evaluate_generator, inception_extractor  # noqa: E402
+from facegan.export import export_model, metric_keys  # noqa: E402
 from facegan.train import train  # noqa: E402
 
 VARIANTS = {"eager": "", "compile": "default", "cuda-graphs": "reduce-overhead"}
@@ -96,12 +98,14 @@ def main() -> int:
     t = time.perf_counter()
     result = train(cfg, args.out, progress=False)
     state = result.state
-    gen = export_generator(state, Path(args.out) / "generator_64px.pt")
     trained = time.perf_counter() - t
     extractor = inception_extractor(device=dev)
     n = min(args.fid_n, 64) if args.quick else args.fid_n
     t = time.perf_counter()
     fid = evaluate_generator(state.sampler, cfg, n, extractor=extractor)
+    fid_key, kid_key = metric_keys(n)  # the run's model folder, its FID and the GPU on its card
+    gen = export_model(Path(args.out) / CHECKPOINT, Path(args.out) / "model", hardware=name,
+                       metrics={fid_key: round(fid["fid"], 2), kid_key: round(fid["kid"], 4)})
     print(f"\ndcgan64 (EMA 0.999) on {name}: {state.step:,} steps of {cfg.batch_size} "
           f"({state.step * cfg.batch_size:,} images) in {trained / 60:.1f} min "
           f"({result.images_per_second:,.0f} img/s with logging and sampling); "

@@ -85,7 +85,8 @@ async def drive(url: str, path: str, clients: int, seconds: float) -> tuple[list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=None, help="a running server (default: start one)")
-    parser.add_argument("--generator", default=str(ROOT / "assets" / "generator_32px.pt"))
+    parser.add_argument("--generator", default=str(ROOT / "assets" / "models" / "small32-ema"),
+                        help="a model folder or a .pt (default: the shipped small32-ema)")
     parser.add_argument("--seconds", type=float, default=30.0, help="total, split evenly between the endpoints")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--grid-n", type=int, default=16)

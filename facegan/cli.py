@@ -6,6 +6,7 @@
     bench     training speed, classic pipeline against this project's
     exercise  regenerate the classroom exercise notebook
     serve     faces over HTTP, with a gallery page
+    export    a model folder to share: safetensors weights, config.json, a model card, ONNX
 
 Expected problems (missing data, a corrupt image or checkpoint, a bad value) print one
 or two lines saying what is wrong and how to fix it, and exit with status 2; ``--debug``
@@ -24,6 +25,7 @@ from .checkpoint import CHECKPOINT, CheckpointError, load_generator, newest_chec
 from .config import PRESETS, PROJECT_ROOT, Config, field_help, make_config
 from .data import DataError, resolve_image_dir
 from .device import pick_device, training_precision
+from .export import add_arguments as add_export_arguments
 from .serve import add_arguments as add_serve_arguments
 from .serve import run_from_args as cmd_serve
 from .train import TrainingDiverged, train
@@ -96,11 +98,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generator(args: argparse.Namespace) -> Path:
+    """--generator, else the best shipped model folder (saying which)."""
+    if args.generator is not None:
+        return Path(args.generator)
+    from .export import best_shipped, describe
+
+    path = best_shipped()
+    print(f"using the shipped generator {path} ({describe(path)}); pass --generator to choose another")
+    return path
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .evaluation import write_real_samples
     from .sampling import write_samples
 
-    G, cfg = load_generator(args.generator, pick_device())
+    G, cfg = load_generator(_generator(args), pick_device())
     if args.real:
         paths = write_real_samples(cfg, args.n, args.out, args.seed, resolve_image_dir(cfg.data))
         print(f"wrote {len(paths)} real {cfg.image_size}px faces to {args.out}")
@@ -113,11 +126,30 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_fid(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_generator, inception_extractor
 
-    G, cfg = load_generator(args.generator, pick_device())
+    path = _generator(args)
+    if args.record and not path.is_dir():
+        raise ValueError(f"--record writes into a model folder's config.json, and {path} is not one: "
+                         f"export it first (python helpers.py export {path} --out DIR)")
+    G, cfg = load_generator(path, pick_device())
     extractor = inception_extractor(args.weights, pick_device())
     result = evaluate_generator(G, cfg, args.n, extractor=extractor, seed=args.seed)
-    print(f"{args.generator}: FID-{args.n} {result['fid']:.2f}, KID {result['kid']:.4f} "
+    print(f"{path}: FID-{args.n} {result['fid']:.2f}, KID {result['kid']:.4f} "
           f"+- {result['kid_std']:.4f} ({cfg.image_size}px, against {args.n} real faces at {cfg.image_size}px)")
+    if args.record:
+        from .export import metric_keys, record_metrics
+
+        fid_key, kid_key = metric_keys(args.n)
+        record_metrics(path, {fid_key: round(result["fid"], 2), kid_key: round(result["kid"], 4)})
+        print(f"recorded {fid_key} and {kid_key} in {path / 'config.json'} and its model card")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    metrics = {"fid_1k": args.fid_1k, "fid_10k": args.fid_10k, "kid": args.kid, "note": args.note}
+    out = export_model(args.source, args.out, args.dtype, args.onnx, metrics, args.hardware)
+    print(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return 0
 
 
@@ -160,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", parents=[common], help="write N generated faces as PNG files (for any FID tool)",
                        formatter_class=show_defaults)
-    p.add_argument("--generator", required=True, help="a checkpoint.pt or an exported generator (assets/*.pt)")
+    p.add_argument("--generator", default=None, help="a model folder (assets/models/*), a checkpoint.pt or an "
+                   "exported .pt (default: the best shipped model folder)")
     p.add_argument("--n", type=int, default=1000, help="how many faces")
     p.add_argument("--out", required=True, help="folder for the PNG files")
     p.add_argument("--seed", type=int, default=0, help="seed of the first latent batch")
@@ -171,10 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fid", parents=[common], help="FID and KID of a generator against real faces at its resolution",
                        formatter_class=show_defaults)
-    p.add_argument("--generator", required=True, help="a checkpoint.pt or an exported generator")
+    p.add_argument("--generator", default=None, help="a model folder (assets/models/*), a checkpoint.pt or an "
+                   "exported .pt (default: the best shipped model folder)")
     p.add_argument("--n", type=int, default=1000, help="samples (and real images); FID falls as N grows")
     p.add_argument("--weights", default=None, help="local FID Inception weights (default $FID_WEIGHTS, else download)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated latents")
+    p.add_argument("--record", action="store_true",
+                   help="store the result in the model folder's config.json (metrics) and rewrite its card")
     p.set_defaults(handler=cmd_fid)
 
     p = sub.add_parser("exercise", parents=[common],
@@ -202,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=show_defaults)
     add_serve_arguments(p)
     p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("export", parents=[common], help="write a model folder to share: safetensors weights, "
+                       "config.json, a model card, samples (and ONNX)")
+    add_export_arguments(p)
+    p.set_defaults(handler=cmd_export)
     return parser
 
 

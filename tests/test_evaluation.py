@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from facegan import batches, checkpoint, cli, config, data, evaluation, models, plots, sampling, train
+from facegan import batches, checkpoint, cli, config, data, evaluation, export, models, plots, sampling, train
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/fid/inception-2015-12-05-fid-weights.pth"
 
@@ -151,20 +151,23 @@ def test_truncation_bounds_the_latent():
     assert sampling.truncated_latent(500, cfg, 0.0, seed=0).abs().max() > 2
 
 
-# --- the shipped generators
+# --- the shipped generators: model folders (facegan/export.py)
 
-SHIPPED = sorted((Path(config.PROJECT_ROOT) / "assets").glob("generator_*.pt"))
+SHIPPED = export.shipped_models()
 
 
 def test_a_generator_is_shipped():
-    assert SHIPPED, "assets/ should hold at least one trained generator"
+    assert SHIPPED, "assets/models/ should hold at least one trained generator"
+    assert not list((Path(config.PROJECT_ROOT) / "assets").glob("*.pt")), "ship model folders, not .pt files"
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_generator_is_small_and_draws_faces(path, celeba_dir):
     G, cfg = checkpoint.load_generator(path)
-    # half precision: 2 bytes a parameter, plus the configuration and history
-    assert path.stat().st_size < 2 * models.count_parameters(G) + 2**20
+    # half precision: 2 bytes a parameter, plus config.json, the card and the sample grid
+    assert sum(f.stat().st_size for f in path.iterdir()) <= 2 * models.count_parameters(G) + 2**20
+    fid = export.read_model_config(path)["metrics"]["fid_1k"]
+    assert f"| FID-1000@{cfg.image_size} | {fid:g} |" in (path / "README.md").read_text()  # the card names it
     images = sampling.generate(G, sampling.truncated_latent(64, cfg, seed=0))
     assert images.shape == (64, 3, cfg.image_size, cfg.image_size)
     assert images.std(0).mean() > 0.15  # varied: no mode collapse

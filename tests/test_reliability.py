@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import jpeg_bytes
 
-from facegan import checkpoint, cli, config, data, train
+from facegan import checkpoint, cli, config, data, models, train
 
 ROOT = Path(__file__).resolve().parents[1]
 #: small32 on 256 faces, 16 steps an epoch, a checkpoint after every logged step, exact fp32, one thread.
@@ -139,9 +139,22 @@ def test_a_pickle_that_would_run_code_is_refused_and_does_not_run(tmp_path):
 
 
 def test_shipped_generators_load_safely():
-    G, cfg = checkpoint.load_generator(ROOT / "assets" / "generator_32px.pt")
-    assert cfg.arch == "linear-stem" and cfg.g_conv_dim == 32  # saved as arch "fc" and g_dim
+    G, cfg = checkpoint.load_generator(ROOT / "assets" / "models" / "small32-ema")  # safetensors and JSON only
+    assert cfg.arch == "linear-stem" and cfg.g_conv_dim == 32
     assert G(torch.zeros(1, cfg.z_size)).shape == (1, 3, 32, 32)
+
+
+def test_generator_files_with_old_field_names_still_load(tmp_path):
+    """Generators exported before the renames (arch "fc", g_dim, cpu_bf16) keep loading."""
+    cfg = config.make_config("small32")
+    saved = {**cfg.to_dict(), "arch": "fc", "cpu_bf16": True}
+    saved["g_dim"], saved["d_dim"] = saved.pop("g_conv_dim"), saved.pop("d_conv_dim")
+    G = models.build_models(cfg)[1]
+    torch.save({"config": saved, "G": {k: v.half() if v.is_floating_point() else v
+                                       for k, v in G.state_dict().items()}, "step": 1}, tmp_path / "old.pt")
+    G2, cfg2 = checkpoint.load_generator(tmp_path / "old.pt")
+    assert cfg2.arch == "linear-stem" and cfg2.g_conv_dim == 32
+    assert G2(torch.zeros(1, cfg.z_size)).shape == (1, 3, 32, 32)
 
 
 def test_a_changed_archive_is_extracted_again(tmp_path, monkeypatch, capsys):

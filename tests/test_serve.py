@@ -33,7 +33,7 @@ from facegan.checkpoint import load_generator  # noqa: E402
 from facegan.plots import image_grid  # noqa: E402
 from facegan.sampling import face_for_seed, generate, interpolate_faces, to_uint8, truncated_latent  # noqa: E402
 
-GENERATOR = ROOT / "assets" / "generator_32px.pt"
+GENERATOR = ROOT / "assets" / "models" / "small32-ema"  # a shipped model folder (facegan/export.py)
 TILE = 32 + 2  # a 32px face plus make_grid's 2px padding
 
 
@@ -146,7 +146,8 @@ def test_a_full_queue_is_an_immediate_503(client, monkeypatch):
 
 
 def test_no_route_reads_files(client):
-    for path in ("/nope", "/assets/generator_32px.pt", "/../helpers.py", "/face.png/../../helpers.py", "/static/x"):
+    for path in ("/nope", "/assets/models/small32-ema/model.safetensors", "/../helpers.py",
+                 "/face.png/../../helpers.py", "/static/x"):
         assert client.get(path).status_code == 404, path
     assert client.post("/face.png?seed=1").status_code == 405
     assert client.get("/face.png?seed=1&generator=/etc/passwd").content == client.get("/face.png?seed=1").content
@@ -189,10 +190,18 @@ def test_requests_taken_together_get_exactly_their_own_faces(model):
     torch.testing.assert_close(results[-1], to_uint8(generate(G, truncated_latent(16, cfg, 0.0, 99))), rtol=0, atol=0)
 
 
+def old_format_bytes(model) -> bytes:
+    """The generator as an old-format exported .pt (a torch.save'd dict), as bytes."""
+    G, cfg = model
+    buffer = io.BytesIO()
+    torch.save({"config": cfg.to_dict(), "G": G.state_dict(), "step": 1}, buffer)
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint \x00\xff" * 100, "truncated"])
-def test_startup_refuses_a_corrupt_generator_in_one_line(tmp_path, capsys, content):
+def test_startup_refuses_a_corrupt_generator_in_one_line(tmp_path, capsys, content, model):
     bad = tmp_path / "bad.pt"
-    bad.write_bytes(GENERATOR.read_bytes()[:5000] if content == "truncated" else content)
+    bad.write_bytes(old_format_bytes(model)[:5000] if content == "truncated" else content)
     with pytest.raises(ValueError, match="bad.pt"):
         serve.create_app(bad)
     parser = serve.argparse.ArgumentParser()
@@ -213,6 +222,49 @@ def test_startup_refuses_a_missing_generator_in_one_line(tmp_path, capsys):
     args.debug = True  # the CLI's --debug: the traceback instead
     with pytest.raises(FileNotFoundError):
         serve.run_from_args(args)
+
+
+def test_startup_refuses_a_folder_that_is_not_a_model_in_one_line(tmp_path, capsys):
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((GENERATOR / "config.json").read_bytes())
+    with pytest.raises(ValueError, match="not-a-model is not a model folder: model.safetensors missing"):
+        serve.create_app(folder)
+    parser = serve.argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    assert serve.run_from_args(parser.parse_args(["--generator", str(folder)])) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.safetensors" in err
+
+
+def test_an_old_format_generator_file_still_serves(tmp_path, model):
+    old = tmp_path / "old.pt"
+    old.write_bytes(old_format_bytes(model))
+    with TestClient(serve.create_app(old)) as c:
+        np.testing.assert_array_equal(decode(c.get("/face.png?seed=4")), face_for_seed(*model, 4))
+        assert c.get("/health").json()["models"] == ["old"]
+
+
+def test_without_a_generator_every_shipped_model_is_served_best_first(model):
+    from facegan.export import shipped_models
+
+    names = [p.name for p in shipped_models()]
+    assert names == ["dcgan64-ema", "fast32", "small32-ema"]  # 64px first, then the 32px by FID-1000
+    with TestClient(serve.create_app()) as c:
+        h = c.get("/health").json()
+        assert h["models"] == names and (h["name"], h["resolution"]) == ("dcgan64-ema", 64)
+        assert h["metrics"]["fid_1k"] == 53.9
+        assert decode(c.get("/face.png?seed=3")).shape == (64, 64, 3)  # the default is the best
+        np.testing.assert_array_equal(decode(c.get("/face.png?seed=3&model=small32-ema")), face_for_seed(*model, 3))
+        assert decode(c.get("/grid.png?n=2&model=fast32")).shape == (TILE + 2, 2 * TILE + 2, 3)
+        page = c.get("/").text
+        assert '<select id="model">' in page and "encodeURIComponent" in page
+        assert [page.index(f'value="{n}"') for n in names] == sorted(page.index(f'value="{n}"') for n in names)
+        before = c.app.state.worker.requests
+        for query in ("/face.png?model=nope", "/grid.png?model=small32", "/health?model=../etc"):
+            r = c.get(query)
+            assert r.status_code == 404 and all(n in r.json()["detail"] for n in names), query
+        assert c.app.state.worker.requests == before
 
 
 def server_command(*args: str) -> list[str]:
