@@ -132,7 +132,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
                          f"export it first (python helpers.py export {path} --out DIR)")
     G, cfg = load_generator(path, pick_device())
     extractor = inception_extractor(args.weights, pick_device())
-    result = evaluate_generator(G, cfg, args.n, extractor=extractor, seed=args.seed)
+    result = evaluate_generator(G, cfg, args.n, extractor=extractor, seed=args.seed, progress=True)
     print(f"{path}: FID-{args.n} {result['fid']:.2f}, KID {result['kid']:.4f} "
           f"+- {result['kid_std']:.4f} ({cfg.image_size}px, against {args.n} real faces at {cfg.image_size}px)")
     if args.record:

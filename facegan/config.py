@@ -34,8 +34,8 @@ class Config:
 
     preset: str = "small32"  # the named recipe these values started from (PRESETS)
     # --- models
-    arch: str = "linear-stem"  # "linear-stem": a linear layer, then transposed convs (32px); "dcgan": all-conv 64px
-    image_size: int = 32  # side of the square images, in pixels (32, or 64 for dcgan)
+    arch: str = "linear-stem"  # "linear-stem": a linear layer, then transposed convs (32px); "dcgan": all-conv 64px+
+    image_size: int = 32  # side of the square images, in pixels (32; dcgan: 64, 128 or 256)
     z_size: int = 100  # length of the latent vector z that G draws a face from
     g_conv_dim: int = 32  # generator width: channels of its last hidden layer (the DCGAN paper's ngf)
     d_conv_dim: int = 32  # discriminator width: channels of its first layer (the DCGAN paper's ndf)
@@ -102,8 +102,9 @@ class Config:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 bad(name, f"choose one of {', '.join(allowed)}")
-        if self.arch == "dcgan" and self.image_size != 64:
-            bad("image_size", "the dcgan architecture makes 64x64 images; set image_size=64 or arch='linear-stem'")
+        if self.arch == "dcgan" and self.image_size not in (64, 128, 256):
+            bad("image_size", "the dcgan architecture makes 64, 128 or 256 pixel images (one stride-2 layer per "
+                "doubling); pick one of those, or arch='linear-stem' for 32")
         if self.arch == "linear-stem":
             if self.n_layers < 1 or self.image_size % (2**self.n_layers):
                 bad("n_layers", f"image_size {self.image_size} must be divisible by 2**n_layers")

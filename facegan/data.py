@@ -183,8 +183,8 @@ def resolve_image_dir(data: str | Path = "celeba", recursive: bool = False) -> P
     """Turn ``Config.data`` into a folder of images.
 
     ``"celeba"`` is the processed set (fetched by ``ensure_celeba``); a folder is
-    used as it is (its ``celeba/`` child if it has one); a ``.zip`` is extracted
-    once, into ``.cache/data/``.
+    used as it is (its ``celeba/`` child if it has one); a ``.zip`` is extracted once,
+    into ``.cache/data/`` (an archive of one folder of images means that folder).
     """
     if str(data) == "celeba":
         return ensure_celeba()
@@ -205,6 +205,9 @@ def resolve_image_dir(data: str | Path = "celeba", recursive: bool = False) -> P
         raise DataError(f"data {data!r} is neither 'celeba', a folder, nor a .zip archive")
     if (path / "celeba").is_dir():
         path = path / "celeba"
+    if str(data).endswith(".zip") and not recursive and not list_images(path):
+        subdirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))]
+        path = subdirs[0] if len(subdirs) == 1 else path  # an archive of one folder (img_align_celeba/)
     if not list_images(path, recursive):
         sub = [p.name for p in path.iterdir() if p.is_dir()]
         hint = (f"; its sub-folders {sub} may hold them: pass --recursive true (recursive=True in Python) "

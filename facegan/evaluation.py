@@ -9,7 +9,6 @@ polynomial-kernel MMD on the same features, better suited to small N.
 """
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -55,16 +54,29 @@ def inception_extractor(weights_path: str | Path | None = None, device: torch.de
                                 "to download them")
     model = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                                feature_extractor_weights_path=str(path) if path else None)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if torch.device(device).type in ("cpu", "cuda"):
+        # NHWC: oneDNN's convolutions run 1.45x faster on 2 CPU cores (16 against 11 img/s); the
+        # features differ from NCHW's by float rounding only (5e-6 on values up to 4).
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def inception_features(images: Iterator[torch.Tensor] | torch.Tensor, extractor: nn.Module,
-                       batch_size: int = 50) -> torch.Tensor:
-    """(N, 2048) float64 pool features of uint8 NCHW images (any size: Inception resizes to 299)."""
+                       batch_size: int = 50, n: int | None = None, desc: str | None = None) -> torch.Tensor:
+    """(N, 2048) float64 pool features of uint8 NCHW images (any size: Inception resizes to 299).
+
+    Batches of 50 keep both cores of a small CPU busy (one batch is one large convolution per
+    layer, threaded by oneDNN).  With ``desc``, a progress bar counts the ``n`` images.
+    """
     device = next(extractor.parameters()).device
     batches = images.split(batch_size) if torch.is_tensor(images) else images
-    feats = [extractor(b.to(device)).double().cpu() for b in batches]
+    feats = []
+    with tqdm(total=n, desc=desc, unit="img", disable=desc is None, leave=False) as bar:
+        for b in batches:
+            feats.append(extractor(b.to(device)).double().cpu())
+            bar.update(len(b))
     return torch.cat(feats)
 
 
@@ -92,8 +104,7 @@ def real_features(n: int, image_size: int, extractor: nn.Module, data: str | Pat
     images = build_image_cache(files, image_size, crop)
     pick = real_sample_indices(len(files), n)
     batches = (torch.from_numpy(images[pick[i:i + 50]]).permute(0, 3, 1, 2) for i in range(0, n, 50))
-    feats = inception_features(tqdm(batches, total=math.ceil(n / 50), desc=f"real features ({n})", leave=False),
-                               extractor)
+    feats = inception_features(batches, extractor, n=n, desc=f"Inception features of {n} real faces (cached after)")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(feats, path.with_suffix(".tmp"))
     os.replace(path.with_suffix(".tmp"), path)
@@ -119,14 +130,15 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, kid_subset: int = 1000) -> d
 
 def evaluate_generator(G: nn.Module, cfg: Config, n: int = 1000, weights_path: str | Path | None = None,
                        extractor: nn.Module | None = None, seed: int = 0,
-                       folder: Path | None = None) -> dict[str, float]:
+                       folder: Path | None = None, progress: bool = False) -> dict[str, float]:
     """FID-n and KID of G against n real faces at G's resolution (same protocol for every model).
 
     ``folder`` is the real images' folder when the caller has already resolved ``cfg.data``.
     """
     extractor = extractor or inception_extractor(weights_path)
     real = real_features(n, cfg.image_size, extractor, folder or cfg.data, cfg.crop)
-    fake = inception_features(generated_batches(G, cfg, n, seed=seed), extractor)
+    fake = inception_features(generated_batches(G, cfg, n, batch_size=50, seed=seed), extractor, n=n,
+                              desc=f"Inception features of {n} generated faces" if progress else None)
     return {**fid_kid(real, fake), "n": n}
 
 

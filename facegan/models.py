@@ -11,6 +11,8 @@ G's last hidden layer (the DCGAN paper's ndf and ngf).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -97,22 +99,38 @@ class Generator(nn.Module):
         return self.net(x)
 
 
+DCGAN_SIZES = (64, 128, 256)
+
+
+def dcgan_widths(conv_dim: int, image_size: int = 64) -> list[int]:
+    """Channels of the all-convolutional models' hidden layers, from the image side inwards.
+
+    One stride-2 layer per doubling of the image: 4 at 64x64 (conv_dim, 2, 4 and 8 times
+    conv_dim, the DCGAN paper's layout), 5 at 128x128, 6 at 256x256.  The widths stop
+    growing at 8 x conv_dim, so a bigger image adds layers, not a 16x-wide one.
+    """
+    if image_size not in DCGAN_SIZES:
+        raise ValueError(f"the dcgan models make {DCGAN_SIZES} pixel images, not {image_size}")
+    return [conv_dim * min(2**i, 8) for i in range(int(math.log2(image_size)) - 2)]
+
+
 class DCGANDiscriminator(nn.Module):
-    """The five-layer 64x64 DCGAN discriminator (all convolutional).
+    """The all-convolutional DCGAN discriminator: five layers at 64x64, one more per doubling.
 
     64 -> 32 -> 16 -> 8 -> 4 with 4x4 stride-2 convolutions (ndf, 2ndf, 4ndf,
     8ndf channels), then a 4x4 convolution without padding reduces the 4x4 map
     to one logit.  ``norm`` picks BatchNorm (DCGAN), layer norm (a WGAN-GP
     critic) or spectral norm (hinge GAN); ``dropout`` is the "improved" recipe's.
+    At 128 or 256 pixels the same layers follow one or two more stride-2 ones.
     """
 
-    def __init__(self, conv_dim: int = 64, norm: str = "batch", dropout: float = 0.0):
+    def __init__(self, conv_dim: int = 64, norm: str = "batch", dropout: float = 0.0, image_size: int = 64):
         super().__init__()
-        self.conv_dim = ndf = conv_dim
+        self.conv_dim = conv_dim
         wrap = _spectral if norm == "spectral" else (lambda m: m)
-        chans = [3, ndf, ndf * 2, ndf * 4, ndf * 8]
+        chans = [3, *dcgan_widths(conv_dim, image_size)]
         layers: list[nn.Module] = []
-        for i in range(4):
+        for i in range(len(chans) - 1):
             use_norm = i > 0 and norm in ("batch", "layer")
             layers.append(wrap(nn.Conv2d(chans[i], chans[i + 1], 4, 2, 1, bias=not use_norm)))
             if use_norm:
@@ -120,7 +138,7 @@ class DCGANDiscriminator(nn.Module):
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             if dropout:
                 layers.append(nn.Dropout(dropout))
-        layers.append(wrap(nn.Conv2d(ndf * 8, 1, 4, 1, 0)))
+        layers.append(wrap(nn.Conv2d(chans[-1], 1, 4, 1, 0)))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,26 +167,26 @@ class LatentProjection(nn.ConvTranspose2d):
 
 
 class DCGANGenerator(nn.Module):
-    """The five-layer 64x64 DCGAN generator, from a latent of shape (N, z, 1, 1).
+    """The all-convolutional DCGAN generator, from a latent of shape (N, z, 1, 1).
 
     A 4x4 transposed convolution without padding turns the 1x1 latent into a
     4x4 map with 8ngf channels; four stride-2 transposed convolutions take it
-    to 8, 16, 32 and 64 pixels, the last one with 3 channels and tanh.
+    to 8, 16, 32 and 64 pixels, the last one with 3 channels and tanh.  Each
+    doubling beyond 64 (``image_size`` 128 or 256) adds one stride-2 layer.
     """
 
-    def __init__(self, z_size: int = 128, conv_dim: int = 64, activation: str = "relu"):
+    def __init__(self, z_size: int = 128, conv_dim: int = 64, activation: str = "relu", image_size: int = 64):
         super().__init__()
         self.z_size, self.conv_dim = z_size, conv_dim
-        ngf = conv_dim
         act = (lambda: nn.LeakyReLU(0.2, inplace=True)) if activation == "leaky" else (lambda: nn.ReLU(True))
-        chans = [z_size, ngf * 8, ngf * 4, ngf * 2, ngf]
+        chans = [z_size, *dcgan_widths(conv_dim, image_size)[::-1]]
         layers: list[nn.Module] = []
-        for i in range(4):
+        for i in range(len(chans) - 1):
             stride, pad = (1, 0) if i == 0 else (2, 1)
             conv = LatentProjection if i == 0 else nn.ConvTranspose2d
             layers += [conv(chans[i], chans[i + 1], 4, stride, pad, bias=False),
                        nn.BatchNorm2d(chans[i + 1]), act()]
-        layers += [nn.ConvTranspose2d(ngf, 3, 4, 2, 1), nn.Tanh()]
+        layers += [nn.ConvTranspose2d(conv_dim, 3, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -197,8 +215,8 @@ def build_models(cfg: Config) -> tuple[nn.Module, nn.Module]:
         D = Discriminator(cfg.d_conv_dim, cfg.n_layers, cfg.image_size, cfg.d_norm, cfg.d_dropout)
         G = Generator(cfg.z_size, cfg.g_conv_dim, cfg.n_layers, cfg.image_size, cfg.g_activation)
     else:
-        D = DCGANDiscriminator(cfg.d_conv_dim, cfg.d_norm, cfg.d_dropout)
-        G = DCGANGenerator(cfg.z_size, cfg.g_conv_dim, cfg.g_activation)
+        D = DCGANDiscriminator(cfg.d_conv_dim, cfg.d_norm, cfg.d_dropout, cfg.image_size)
+        G = DCGANGenerator(cfg.z_size, cfg.g_conv_dim, cfg.g_activation, cfg.image_size)
     D.apply(weights_init_normal)
     G.apply(weights_init_normal)
     return D, G

@@ -61,3 +61,10 @@ def make_celeba_zip(path: Path, n: int = 10) -> Path:
         for i in range(n):
             zf.writestr(f"processed_celeba_small/celeba/{i:06d}.jpg", jpeg_bytes(i))
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Executing a notebook (nbval) is slow: mark its cells so ``pytest -m "not slow"`` skips them."""
+    for item in items:
+        if str(item.fspath).endswith(".ipynb"):
+            item.add_marker(pytest.mark.slow)

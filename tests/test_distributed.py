@@ -22,6 +22,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 

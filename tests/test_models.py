@@ -73,6 +73,25 @@ def test_classic_call_signatures():
     assert models.DCGANDiscriminator(64)(torch.randn(4, 3, 64, 64)).shape == (4, 1)
 
 
+@pytest.mark.parametrize("size, stride2_layers", [(64, 4), (128, 5), (256, 6)])
+def test_dcgan_models_take_64_128_and_256_pixels_with_one_stride2_layer_per_doubling(size, stride2_layers):
+    cfg = config.make_config("dcgan64", image_size=size, g_conv_dim=8, d_conv_dim=8)
+    D, G = models.build_models(cfg)
+    z = models.sample_latent(2, cfg)
+    images = G(z)
+    assert images.shape == (2, 3, size, size) and D(images).shape == (2, 1)
+    down = [m for m in D.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
+    up = [m for m in G.modules() if isinstance(m, nn.ConvTranspose2d) and m.stride == (2, 2)]
+    assert len(down) == len(up) == stride2_layers
+    assert max(m.out_channels for m in down) == 8 * 8  # widths stop at 8 x conv_dim
+    if size == 64:  # the 64x64 layout (and so every shipped checkpoint) is unchanged
+        ref_D, ref_G = models.build_models(config.make_config("dcgan64", g_conv_dim=8, d_conv_dim=8))
+        assert [p.shape for p in D.state_dict().values()] == [p.shape for p in ref_D.state_dict().values()]
+        assert [p.shape for p in G.state_dict().values()] == [p.shape for p in ref_G.state_dict().values()]
+    with pytest.raises(ValueError, match="64, 128 or 256"):
+        config.make_config("dcgan64", image_size=96)
+
+
 def test_dcgan_rules_hold():
     D, G = models.build_models(config.make_config("dcgan64"))
     kinds = {type(m) for m in D.modules()}
