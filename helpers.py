@@ -25,9 +25,11 @@ single import.  Notebook section -> functions -> module (every module, one line 
                               save_progress_gif                               facegan/plots.py
                               generate, truncated_latent, face_for_seed,
                               interpolate_faces, slerp                        facegan/sampling.py
-                              load_generator, export_generator,
+                              load_generator (any generator: a model folder
+                              or a checkpoint)                                facegan/export.py
+                              export_generator,
                               load_checkpoint, save_checkpoint                facegan/checkpoint.py
-                              evaluate_generator                              facegan/evaluation.py
+                              evaluate_generator, nearest_real_faces          facegan/evaluation.py
 
 It is also the command line, the same as ``python -m facegan``::
 
@@ -43,7 +45,7 @@ import sys
 from facegan.batches import training_batches
 
 # 8. Results
-from facegan.checkpoint import export_generator, load_checkpoint, load_generator, save_checkpoint
+from facegan.checkpoint import export_generator, load_checkpoint, save_checkpoint
 from facegan.cli import main
 
 # 7. Training
@@ -64,7 +66,8 @@ from facegan.data import (
 
 # 6. Optimisers and the training step
 from facegan.device import pick_device
-from facegan.evaluation import evaluate_generator
+from facegan.evaluation import evaluate_generator, nearest_real_faces
+from facegan.export import load_generator
 
 # 5. Losses
 from facegan.losses import (
@@ -114,6 +117,7 @@ __all__ = [
     "PRESETS", "Config", "TrainResult", "in_ci", "make_config", "train",
     # 8. results
     "export_generator", "load_checkpoint", "load_generator", "save_checkpoint", "evaluate_generator",
+    "nearest_real_faces",
     "plot_losses", "make_progress_gif", "save_progress_gif", "show_images", "show_samples_over_training",
     "face_for_seed", "generate", "interpolate_faces", "slerp", "truncated_latent",
     # the command line

@@ -16,8 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from facegan.checkpoint import load_generator, read_checkpoint  # noqa: E402
+from facegan.checkpoint import read_checkpoint  # noqa: E402
 from facegan.evaluation import evaluate_generator, inception_extractor  # noqa: E402
+from facegan.export import load_generator  # noqa: E402
 
 
 def run_points(run: Path, n: int, extractor, max_step: int) -> tuple[str, list[tuple[int, int, float]]]:

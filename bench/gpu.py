@@ -40,17 +40,19 @@ def speed_rows(device: str, quick: bool, big_batch: int, presets: list[str], pea
     ctx = mp.get_context("spawn")
     steps, warmup, subset = (3, 2, 512) if quick else (30, 10, 0)
     rows = []
-    for preset in presets:
-        cfg = make_config(preset)
+    for name in presets:  # "dcgan64@128": a preset at another image size (the dcgan models take 64, 128, 256)
+        preset, _, size = name.partition("@")
+        size = {"image_size": int(size)} if size else {}
+        cfg = make_config(preset, **size)
         flops = step_flops(cfg, 16) / 16
-        classic = _run_worker(ctx, preset, "classic", steps, warmup, subset, device, batch_size=64)
+        classic = _run_worker(ctx, preset, "classic", steps, warmup, subset, device, batch_size=64, **size)
         for batch in (64, big_batch):
             for variant, mode in VARIANTS.items():
                 if quick and variant != "eager" and batch != 64:
                     continue  # compiling on a CPU takes minutes: check each path once
                 r = _run_worker(ctx, preset, "fast", steps, warmup, subset, device, batch_size=batch,
-                                compile_mode=mode)
-                row = {"preset": preset, "batch": batch, "variant": variant, **r}
+                                compile_mode=mode, **size)
+                row = {"preset": name, "batch": batch, "variant": variant, **r}
                 if "error" not in r:
                     row["peak_pct"] = 100 * r["img_s"] * flops / 1e9 / peak_bf16
                     row["vs_classic"] = r["img_s"] / classic["img_s"] if batch == 64 else None
@@ -61,7 +63,7 @@ def speed_rows(device: str, quick: bool, big_batch: int, presets: list[str], pea
 
 def _format(r: dict) -> str:
     if "error" in r:
-        return f"{r['preset']:<11} {r['batch']:>6} {r['variant']:<11} {r['error']}"
+        return f"{r['preset']:<12} {r['batch']:>6} {r['variant']:<11} {r['error']}"
     ratio = f"{r['vs_classic']:.1f}x" if r.get("vs_classic") else ""
     return (f"{r['preset']:<11} {r['batch']:>6} {r['variant']:<11} {r['precision']:<5} {r['img_s']:>9.0f} "
             f"{r['peak_pct']:>6.1f}% {r['peak_mb']:>8.0f} {r['warmup_s']:>8.1f} {ratio:>8}")
@@ -75,7 +77,8 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=3.0, help="dcgan64 training time")
     parser.add_argument("--train-batch", type=int, default=256, help="dcgan64's batch for the training run")
     parser.add_argument("--fid-n", type=int, default=10_000, help="FID sample count (and real images)")
-    parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated presets to time")
+    parser.add_argument("--presets", default=",".join([*PRESETS, "dcgan64@128"]),
+                        help="comma-separated presets to time; NAME@SIZE times a dcgan preset at SIZE pixels")
     parser.add_argument("--out", default=str(ROOT / "runs" / "gpu"), help="training run folder")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -86,7 +89,7 @@ def main() -> int:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({cpu_kernels()})"
     peak = peak_gflops(dev, torch.bfloat16)
     print(f"{name}, torch {torch.__version__}, measured bf16 peak {peak:,.0f} GFLOP/s")
-    print(f"{'preset':<11} {'batch':>6} {'variant':<11} {'prec.':<5} {'img/s':>9} {'%peak':>7} "
+    print(f"{'preset':<12} {'batch':>6} {'variant':<11} {'prec.':<5} {'img/s':>9} {'%peak':>7} "
           f"{'peak MB':>8} {'warmup s':>8} {'vs classic':>8}")
     t0 = time.perf_counter()
     rows = speed_rows(args.device, args.quick, args.big_batch, [p for p in args.presets.split(",") if p], peak)

@@ -73,8 +73,44 @@ def step_flops(cfg: Config, batch_size: int) -> float:
     return float(counter.get_total_flops())
 
 
+def _classic_pipeline(cfg: Config, dev: torch.device, subset: int):
+    """(endless batches, one step): a PIL DataLoader feeding the textbook D step and G step."""
+    loader = get_dataloader(cfg.batch_size, cfg.image_size, cfg.data, subset=subset)
+    D, G = build_models(cfg)
+    D, G = D.to(dev), G.to(dev)
+    d_opt, g_opt = make_optimizers(D, G, cfg)
+
+    def batches():
+        while True:
+            yield from loader
+
+    def run(real):
+        real = real.to(dev)
+        z = sample_latent(real.size(0), cfg, dev)
+        discriminator_step(D, G, d_opt, real, z, cfg.real_label[0])
+        generator_step(D, G, g_opt, z)
+    return batches(), run
+
+
+def _project_pipeline(cfg: Config, dev: torch.device, compile_mode: str):
+    """(endless batches, one step): the uint8 cache feeding ``train_step``, compiled if asked."""
+    data = training_batches(cfg, dev)
+    state = make_state(cfg, len(data), dev)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if compile_mode:
+        state.D, state.G = (torch.compile(m, mode=compile_mode) for m in (state.D, state.G))
+
+    def batches():
+        epoch = 0
+        while True:
+            yield from data.epoch(epoch)
+            epoch += 1
+    return batches(), lambda real: train_step(state, real)
+
+
 def _bench_worker(preset: str, pipeline: str, steps: int, warmup: int, subset: int, device: str, queue,
-                  batch_size: int = 0, compile_mode: str = "") -> None:
+                  batch_size: int = 0, compile_mode: str = "", image_size: int = 0) -> None:
     """Runs in a fresh process, so that its peak memory is its own.
 
     ``pipeline``: "classic", "fast" (the preset's own settings), "fast-fp32" or "fast-bf16".
@@ -87,44 +123,15 @@ def _bench_worker(preset: str, pipeline: str, steps: int, warmup: int, subset: i
         pipeline, compile_mode = "fast", compile_mode or "default"
     torch.manual_seed(0)
     dev = torch.device(device)
-    cfg = make_config(preset, subset=subset, device=device, **({"batch_size": batch_size} if batch_size else {}))
+    sizes = {**({"batch_size": batch_size} if batch_size else {}), **({"image_size": image_size} if image_size else {})}
+    cfg = make_config(preset, subset=subset, device=device, **sizes)
     if pipeline == "classic":
         cfg = cfg.replace(channels_last=False, fused_adam=False, amp=False)
-        loader = get_dataloader(cfg.batch_size, cfg.image_size, cfg.data, subset=subset)
-        D, G = build_models(cfg)
-        D, G = D.to(dev), G.to(dev)
-        d_opt, g_opt = make_optimizers(D, G, cfg)
-        smooth = cfg.real_label[0]
-
-        def batches():
-            while True:
-                yield from loader
-
-        def run(real):
-            real = real.to(dev)
-            z = sample_latent(real.size(0), cfg, dev)
-            discriminator_step(D, G, d_opt, real, z, smooth)
-            generator_step(D, G, g_opt, z)
+        stream, run = _classic_pipeline(cfg, dev, subset)
     else:
         if pipeline != "fast":
             cfg = cfg.replace(amp=pipeline == "fast-bf16")
-        data = training_batches(cfg, dev)
-        state = make_state(cfg, len(data), dev)
-        if dev.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-
-        def batches():
-            epoch = 0
-            while True:
-                yield from data.epoch(epoch)
-                epoch += 1
-
-        if compile_mode:
-            state.D, state.G = (torch.compile(m, mode=compile_mode) for m in (state.D, state.G))
-
-        def run(real):
-            train_step(state, real)
-    stream = batches()
+        stream, run = _project_pipeline(cfg, dev, compile_mode)
     t = time.perf_counter()
     for _ in range(warmup):
         run(next(stream))

@@ -128,7 +128,7 @@ The weights are derived from CelebA, whose licence allows non-commercial researc
 ## How to load it
 
 ```python
-from facegan.checkpoint import load_generator
+from facegan.export import load_generator
 from facegan.sampling import generate, truncated_latent
 
 G, cfg = load_generator("{path}")                   # this folder: reads only safetensors and JSON

@@ -215,13 +215,9 @@ def export_generator(state: TrainState, path: str | Path) -> Path:
 
 
 def load_generator(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Config]:
-    """The generator of a checkpoint, an exported ``.pt`` or a model folder (the EMA copy if any), in eval mode.
+    """The generator of a checkpoint or an exported ``.pt`` file (the EMA copy if any), in eval mode.
 
-    A model folder (``python helpers.py export``) is read by ``facegan.export``: safetensors and JSON only."""
-    if Path(path).is_dir():
-        from .export import load_model_folder  # imported here: export imports this module
-
-        return load_model_folder(path, device)
+    ``facegan.export.load_generator`` takes a model folder as well (what the front ends use)."""
     ckpt = read_checkpoint(path)
     cfg = ckpt["config"]
     _, G = build_models(cfg)

@@ -5,6 +5,7 @@
     fid       FID and KID of a generator
     bench     training speed, classic pipeline against this project's
     exercise  regenerate the classroom exercise notebook
+    notebook  execute the notebook in full mode and save its outputs (what GitHub shows)
     serve     faces over HTTP, with a gallery page
     export    a model folder to share: safetensors weights, config.json, a model card, ONNX
 
@@ -21,11 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import distributed as ddp
-from .checkpoint import CHECKPOINT, CheckpointError, load_generator, newest_checkpoint
+from .checkpoint import CHECKPOINT, CheckpointError, newest_checkpoint
 from .config import PRESETS, PROJECT_ROOT, Config, field_help, make_config
 from .data import DataError, resolve_image_dir
 from .device import pick_device, training_precision
 from .export import add_arguments as add_export_arguments
+from .export import load_generator
 from .serve import add_arguments as add_serve_arguments
 from .serve import run_from_args as cmd_serve
 from .train import TrainingDiverged, train
@@ -165,6 +167,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notebook(args: argparse.Namespace) -> int:
+    from .notebook import regenerate_outputs
+
+    print(f"executing {args.path} in full mode (not CI mode); this trains the default preset for minutes")
+    print(f"wrote {regenerate_outputs(args.path, args.timeout)} with the outputs of a full run")
+    return 0
+
+
 def cmd_exercise(args: argparse.Namespace) -> int:
     from .exercise import make_exercise_notebook
 
@@ -221,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "face_generation_exercise_no_hints.ipynb with --no-hints)")
     p.add_argument("--no-hints", action="store_true", help="leave out the graded hints under each exercise cell")
     p.set_defaults(handler=cmd_exercise)
+
+    p = sub.add_parser("notebook", parents=[common], formatter_class=show_defaults,
+                       help="execute face_generation.ipynb in full mode and save its outputs (what GitHub shows)")
+    p.add_argument("--path", default=str(PROJECT_ROOT / "face_generation.ipynb"), help="the notebook to run")
+    p.add_argument("--timeout", type=int, default=3600, help="seconds one cell may take")
+    p.set_defaults(handler=cmd_notebook)
 
     p = sub.add_parser("bench", parents=[common], help="training speed: the classic pipeline against this project's",
                        formatter_class=show_defaults)

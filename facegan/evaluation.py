@@ -9,6 +9,7 @@ polynomial-kernel MMD on the same features, better suited to small N.
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -156,3 +157,27 @@ def write_real_samples(cfg: Config, n: int, out_dir: str | Path, seed: int = 0,
         paths.append(out_dir / f"{len(paths):06d}.png")
         Image.fromarray(np.asarray(images[j])).save(paths[-1])
     return paths
+
+
+@torch.no_grad()
+def nearest_real_faces(fakes: torch.Tensor, cfg: Config, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each generated face, the nearest face of the whole training set (pixel distance), and the distance.
+
+    A generator that copies its training faces would have near-zero distances.  The search
+    runs over every image of ``cfg.data`` at the generator's resolution (the uint8 cache),
+    in chunks, so the 32,600 faces are never all in memory as floats.  Returns (faces in
+    [-1, 1], distances), one of each per fake.
+    """
+    files = list_images(resolve_image_dir(cfg.data, cfg.recursive))
+    images = build_image_cache(files, cfg.image_size, cfg.crop)
+    query = fakes.float().cpu().flatten(1)
+    best = torch.full((len(query),), math.inf)
+    index = torch.zeros(len(query), dtype=torch.long)
+    for start in range(0, len(images), chunk):
+        block = torch.from_numpy(np.array(images[start:start + chunk])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        dist, idx = torch.cdist(query, block.flatten(1)).min(1)
+        closer = dist < best
+        best[closer], index[closer] = dist[closer], idx[closer] + start
+    faces = torch.from_numpy(np.asarray(images[np.sort(index.numpy())]))  # memmaps read in order
+    order = torch.from_numpy(np.argsort(np.argsort(index.numpy())))
+    return faces[order].permute(0, 3, 1, 2).float() / 127.5 - 1, best

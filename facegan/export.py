@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 
 from .card import render_card
-from .checkpoint import CheckpointError, load_generator, read_checkpoint, unwrap
+from .checkpoint import CheckpointError, read_checkpoint, unwrap
+from .checkpoint import load_generator as load_checkpoint_generator
 from .config import PROJECT_ROOT, Config
 from .models import build_models, count_parameters
 
@@ -227,6 +228,17 @@ def check_weights(G: nn.Module, weights: dict[str, torch.Tensor], path: Path) ->
                                   f"needs {list(tensor.shape)}; the weights and the configuration do not match")
         if found.is_floating_point() and not torch.isfinite(found).all():
             raise CheckpointError(f"{path}: tensor {name!r} holds NaN or Inf")
+
+
+def load_generator(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Config]:
+    """Any generator, in eval mode: a model folder, a training checkpoint or an exported ``.pt`` file.
+
+    A folder is read by ``load_model_folder`` (safetensors and JSON only); a file by
+    ``facegan.checkpoint.load_generator`` (the EMA copy if any, loading no code).
+    """
+    if Path(path).is_dir():
+        return load_model_folder(path, device)
+    return load_checkpoint_generator(path, device)
 
 
 def load_model_folder(folder: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Config]:

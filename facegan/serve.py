@@ -37,10 +37,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .checkpoint import load_generator
 from .config import Config
 from .device import pick_device
-from .export import MODELS_DIR, describe, generator_facts, shipped_models
+from .export import MODELS_DIR, describe, generator_facts, load_generator, shipped_models
 from .plots import image_grid
 from .sampling import generate, slerp, to_uint8, truncated_latent
 

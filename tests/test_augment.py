@@ -77,6 +77,7 @@ def test_train_step_augments_what_d_sees(celeba_batch):
     assert scores[""] != scores["translation,cutout"]
 
 
+@pytest.mark.slow
 def test_max_minutes_counts_training_time_across_resumes(celeba_dir, tmp_path):
     cfg = config.make_config("small32", batch_size=16, subset=128, max_steps=3, log_every=1)
     first = train.train(cfg, tmp_path, progress=False)

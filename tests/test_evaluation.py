@@ -35,6 +35,7 @@ class CountingExtractor(nn.Module):
         return x.float().flatten(1)[:, :16] * self.scale  # 16 "features": the FID maths stays cheap
 
 
+@pytest.mark.slow
 def test_fid_of_a_set_with_itself_is_zero_and_with_noise_large(celeba_dir, inception):
     real = evaluation.real_features(24, 32, inception)
     noise = evaluation.inception_features(torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8), inception)
@@ -45,6 +46,7 @@ def test_fid_of_a_set_with_itself_is_zero_and_with_noise_large(celeba_dir, incep
     assert other["kid"] > same["kid"] + 0.1  # KID agrees in direction
 
 
+@pytest.mark.slow
 def test_real_features_are_cached_and_recomputed_when_data_changes(image_folder, tmp_path):
     extractor = CountingExtractor()
     first = evaluation.real_features(8, 32, extractor, data=str(image_folder), cache_dir=tmp_path)
@@ -75,6 +77,7 @@ def test_sample_writes_n_readable_pngs(tmp_path):
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(paths, again, strict=True))  # seeded
 
 
+@pytest.mark.slow
 def test_cli_sample_and_fid(image_folder, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FACEGAN_CACHE", str(tmp_path / "cache"))
     cfg = config.make_config("small32", batch_size=4, data=str(image_folder), max_steps=1)
@@ -89,6 +92,7 @@ def test_cli_sample_and_fid(image_folder, tmp_path, capsys, monkeypatch):
     assert "FID-6" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_fid_tracking_during_training(image_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "inception_extractor", lambda *a, **k: CountingExtractor())
     monkeypatch.setenv("FACEGAN_CACHE", str(tmp_path / "cache"))
@@ -99,13 +103,14 @@ def test_fid_tracking_during_training(image_folder, tmp_path, monkeypatch):
     assert len(plots.plot_losses(state.history).axes) == 3  # FID beside the losses
 
 
+@pytest.mark.slow
 def test_exported_generator_is_half_precision_and_loads(celeba_dir, tmp_path):
     state = train.train(config.make_config("small32", batch_size=8, subset=16, max_steps=1, ema_decay=0.9),
                           tmp_path, progress=False).state
     path = checkpoint.export_generator(state, tmp_path / "g.pt")
     saved = torch.load(path, weights_only=False)
     assert all(v.dtype == torch.float16 for v in saved["G"].values() if v.is_floating_point())
-    G, cfg = checkpoint.load_generator(path)
+    G, cfg = export.load_generator(path)
     z = state.fixed_z[:4]
     assert torch.allclose(G(z), sampling.generate(state.sampler, z), atol=2e-2)  # fp16 rounding only
 
@@ -163,7 +168,7 @@ def test_a_generator_is_shipped():
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_generator_is_small_and_draws_faces(path, celeba_dir):
-    G, cfg = checkpoint.load_generator(path)
+    G, cfg = export.load_generator(path)
     # half precision: 2 bytes a parameter, plus config.json, the card and the sample grid
     assert sum(f.stat().st_size for f in path.iterdir()) <= 2 * models.count_parameters(G) + 2**20
     fid = export.read_model_config(path)["metrics"]["fid_1k"]

@@ -188,6 +188,7 @@ def test_scaffolds_fail_with_helpful_messages(celeba_batch):
         assert "raise NotImplementedError" in str(info.value) or "torch.optim.Adam" in str(info.value)
 
 
+@pytest.mark.slow
 def test_the_same_checks_pass_on_the_solution(celeba_batch):
     cells = _exercise_cells(SOLUTION)
     assert len(cells) == 7
@@ -205,6 +206,7 @@ def test_filling_in_one_scaffold_makes_its_check_pass(celeba_batch, capsys):
     assert "Tests Passed: weights" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_filled_exercise_runs_top_to_bottom(celeba_dir, monkeypatch, tmp_path):
     """The whole exercise, every scaffold filled with a learner's code, executed like a learner would (CI budget):
     the checks pass and the notebook's loop trains the learner's networks with the learner's steps."""

@@ -49,7 +49,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 
 def images(path: Path, n: int = 8) -> torch.Tensor:
-    G, cfg = checkpoint.load_generator(path)
+    G, cfg = export.load_generator(path)
     return sampling.generate(G, sampling.truncated_latent(n, cfg, seed=3))
 
 
@@ -79,7 +79,7 @@ def test_fp16_folder_is_within_fp16_rounding(runs, tmp_path, name):
 
     folder = export.export_model(runs[name], tmp_path / name)  # fp16 is the default
     stored = load_file(str(folder / export.WEIGHTS))
-    G, _ = checkpoint.load_generator(runs[name])
+    G, _ = export.load_generator(runs[name])
     params = {k for k, _ in G.named_parameters()}
     assert {str(v.dtype) for k, v in stored.items() if k in params} == {"torch.float16"}
     assert all(v.dtype in (torch.float32, torch.int64) for k, v in stored.items() if k not in params)
@@ -96,7 +96,7 @@ def test_config_json_holds_what_rebuilds_g_the_run_and_the_facts(runs, folders):
     assert record["training"]["step"] == 2 and record["training"]["images_seen"] == 2 * cfg.batch_size
     assert record["training"]["seconds"] == round(ckpt["history"]["seconds"][-1], 1)
     assert record["metrics"] == {"fid_1k": 99.5} and record["dtype"] == "float32"
-    assert record["parameters"] == sum(p.numel() for p in checkpoint.load_generator(runs["tiny32"])[0].parameters())
+    assert record["parameters"] == sum(p.numel() for p in export.load_generator(runs["tiny32"])[0].parameters())
 
 
 def test_the_card_says_what_g_is_how_it_trained_and_its_limits(folders):
@@ -137,7 +137,7 @@ def test_onnx_runtime_matches_pytorch(folders, name):
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
     assert [i.name for i in model.graph.input] == ["z"] and [o.name for o in model.graph.output] == ["images"]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    G, cfg = checkpoint.load_generator(folders[name])
+    G, cfg = export.load_generator(folders[name])
     for n in (1, 17):
         z = torch.randn(n, cfg.z_size, generator=torch.Generator().manual_seed(n))
         got = session.run(["images"], {"z": z.numpy()})[0]
@@ -151,7 +151,7 @@ def test_onnx_runtime_matches_pytorch(folders, name):
 
 def refusal(folder: Path) -> str:
     with pytest.raises(checkpoint.CheckpointError) as e:
-        checkpoint.load_generator(folder)
+        export.load_generator(folder)
     message = str(e.value)
     assert "\n" not in message and str(folder) in message
     return message

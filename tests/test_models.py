@@ -41,6 +41,11 @@ EXPECTED_PARAMS = {
         + norm(512) + conv(512, 1, True),
         conv(128, 512) + norm(512) + conv(512, 256) + norm(256) + conv(256, 128) + norm(128)
         + conv(128, 64) + norm(64) + conv(64, 3, True)),
+    "fast64": (  # dcgan64 at half the width
+        conv(3, 32, True) + conv(32, 64) + norm(64) + conv(64, 128) + norm(128) + conv(128, 256)
+        + norm(256) + conv(256, 1, True),
+        conv(128, 256) + norm(256) + conv(256, 128) + norm(128) + conv(128, 64) + norm(64)
+        + conv(64, 32) + norm(32) + conv(32, 3, True)),
 }
 EXPECTED_PARAMS["improved64"] = (EXPECTED_PARAMS["dcgan64"][0], EXPECTED_PARAMS["dcgan64"][1] - conv(28, 512))
 EXPECTED_PARAMS["wgangp64"] = EXPECTED_PARAMS["dcgan64"]  # layer norm has BatchNorm's 2C parameters

@@ -19,6 +19,7 @@ def _optimizers(D, G, preset="small32"):
     return make_optimizers(D, G, config.make_config(preset, fused_adam=False))
 
 
+@pytest.mark.slow
 def test_checks_pass_on_the_reference_code(capsys):
     checks.test_scale(data.scale)
     checks.test_discriminator(models.Discriminator)
@@ -41,6 +42,7 @@ def test_checks_pass_on_the_reference_code(capsys):
     assert out.count("Tests Passed") == 13 and "Note" not in out
 
 
+@pytest.mark.slow
 def test_dataloader_check_passes_on_real_data(celeba_dir, capsys):
     checks.test_dataloader(data.get_dataloader, image_size=32)
     assert "Tests Passed" in capsys.readouterr().out
@@ -224,6 +226,7 @@ def no_grad_fake_d_step(D, G, d_optimizer, real_images, z, smooth=False):
     return loss
 
 
+@pytest.mark.slow
 def test_other_correct_styles_pass(celeba_dir, capsys):
     checks.test_discriminator(SequentialViewD)
     checks.test_discriminator(ExplicitReshapeD)
@@ -243,6 +246,7 @@ def test_other_correct_styles_pass(celeba_dir, capsys):
     assert out.count("x.flatten(1) works everywhere") == 1
 
 
+@pytest.mark.slow
 def test_more_model_styles_pass(capsys):
     """Correct G and D in other styles, at the checks' default sizes and with four layers."""
     for G in (ExplicitG, LoopG, UnflattenG, ConvStemG):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import jpeg_bytes
 
-from facegan import checkpoint, cli, config, data, models, train
+from facegan import checkpoint, cli, config, data, export, models, train
 
 ROOT = Path(__file__).resolve().parents[1]
 #: small32 on 256 faces, 16 steps an epoch, a checkpoint after every logged step, exact fp32, one thread.
@@ -50,6 +50,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+@pytest.mark.slow
 def test_two_sigkills_and_resumes_end_with_the_same_weights_bit_for_bit(celeba_dir, tmp_path):
     steps = ["--max-steps", "40"]
     full = _cli(tmp_path / "full", *steps)
@@ -69,6 +70,7 @@ def test_two_sigkills_and_resumes_end_with_the_same_weights_bit_for_bit(celeba_d
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(celeba_dir, tmp_path):
     run = _cli(tmp_path, "--max-steps", "100000", "--checkpoint-minutes", "0")  # epoch-end checkpoints only
     time.sleep(0.5)
@@ -82,6 +84,7 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(celeba_dir, tmp_path)
     assert f"checkpoint at step {saved}" in output and saved > 16  # saved at the stop, not the epoch end
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_is_named_and_resume_falls_back_to_the_previous(celeba_dir, tmp_path, capsys):
     cfg = config.make_config("small32", batch_size=16, subset=64, epochs=3, log_every=1, amp=False)
     train.train(cfg.replace(max_steps=8), tmp_path, progress=False)  # epoch ends at 4 and 8
@@ -97,6 +100,7 @@ def test_a_corrupt_checkpoint_is_named_and_resume_falls_back_to_the_previous(cel
     assert state.step == 12 and state.history["step"] == list(range(1, 13))
 
 
+@pytest.mark.slow
 def test_a_nan_stops_training_and_keeps_the_last_good_checkpoint(celeba_dir, tmp_path, monkeypatch):
     real_step = train.train_step
 
@@ -132,14 +136,14 @@ def test_a_pickle_that_would_run_code_is_refused_and_does_not_run(tmp_path):
     evil = tmp_path / "generator.pt"
     torch.save({"config": config.make_config("small32").to_dict(), "G": {}, "payload": _RunsCode(marker)}, evil)
     with pytest.raises(checkpoint.CheckpointError, match="generator.pt was refused: .*could run code"):
-        checkpoint.load_generator(evil)
+        export.load_generator(evil)
     assert not marker.exists()
     assert cli.main(["sample", "--generator", str(evil), "--n", "1", "--out", str(tmp_path / "s")]) == 2
     assert not marker.exists()
 
 
 def test_shipped_generators_load_safely():
-    G, cfg = checkpoint.load_generator(ROOT / "assets" / "models" / "small32-ema")  # safetensors and JSON only
+    G, cfg = export.load_generator(ROOT / "assets" / "models" / "small32-ema")  # safetensors and JSON only
     assert cfg.arch == "linear-stem" and cfg.g_conv_dim == 32
     assert G(torch.zeros(1, cfg.z_size)).shape == (1, 3, 32, 32)
 
@@ -152,7 +156,7 @@ def test_generator_files_with_old_field_names_still_load(tmp_path):
     G = models.build_models(cfg)[1]
     torch.save({"config": saved, "G": {k: v.half() if v.is_floating_point() else v
                                        for k, v in G.state_dict().items()}, "step": 1}, tmp_path / "old.pt")
-    G2, cfg2 = checkpoint.load_generator(tmp_path / "old.pt")
+    G2, cfg2 = export.load_generator(tmp_path / "old.pt")
     assert cfg2.arch == "linear-stem" and cfg2.g_conv_dim == 32
     assert G2(torch.zeros(1, cfg.z_size)).shape == (1, 3, 32, 32)
 
@@ -174,6 +178,7 @@ def test_a_changed_archive_is_extracted_again(tmp_path, monkeypatch, capsys):
     assert data.resolve_image_dir(archive) == folder and "again" not in capsys.readouterr().out  # reused
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_is_one_short_cli_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FACEGAN_CACHE", str(tmp_path / "cache"))
     faces = tmp_path / "faces"
@@ -196,6 +201,7 @@ def test_nested_folders_name_the_cli_flag(tmp_path):
         data.resolve_image_dir(tmp_path / "faces")
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_says_so(celeba_dir, tmp_path, capsys):
     args = ["train", "--out", str(tmp_path), "--subset", "64", "--batch-size", "16", "--max-steps", "2"]
     assert cli.main(args) == 0
@@ -205,6 +211,7 @@ def test_resuming_a_finished_run_says_so(celeba_dir, tmp_path, capsys):
     assert "already complete at step 2" in out and "img/s" not in out
 
 
+@pytest.mark.slow
 def test_checkpoints_from_before_safe_loading_still_resume(celeba_dir, tmp_path):
     """They kept NumPy's random state as an array, which weights_only loading accepts only by allow-list."""
     import numpy as np
@@ -218,6 +225,7 @@ def test_checkpoints_from_before_safe_loading_still_resume(celeba_dir, tmp_path)
     assert resumed.step == state.step == 2
 
 
+@pytest.mark.slow
 def test_cli_resume_falls_back_to_the_previous_checkpoint_and_refuses_two_corrupt_ones(celeba_dir, tmp_path,
                                                                                       capsys):
     """The command line reads the checkpoint through the same fallback as train() (newest_checkpoint)."""
@@ -239,6 +247,7 @@ def test_cli_resume_falls_back_to_the_previous_checkpoint_and_refuses_two_corrup
     assert "no readable checkpoint" in err and "--out" in err and len(err.splitlines()) <= 3
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_no_sample_grids_and_stay_the_same_size(celeba_dir, tmp_path):
     cfg = config.make_config("small32", batch_size=16, subset=64, log_every=1, sample_every=1, amp=False)
     train.train(cfg.replace(epochs=1), tmp_path, progress=False)
@@ -254,6 +263,7 @@ def test_checkpoints_hold_no_sample_grids_and_stay_the_same_size(celeba_dir, tmp
     assert (tmp_path / "progress.gif").is_file()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_holding_sample_grids_still_resumes_and_its_grids_become_files(celeba_dir, tmp_path):
     cfg = config.make_config("small32", batch_size=16, subset=64, log_every=1, amp=False)
     train.train(cfg.replace(max_steps=2), tmp_path, progress=False)
@@ -277,6 +287,7 @@ def test_the_progress_gif_is_capped(tmp_path):
         assert gif.n_frames <= 30 + 10  # the last frame is held for 10 more
 
 
+@pytest.mark.slow
 def test_the_progress_bar_shows_the_time_budget(celeba_dir, tmp_path, capsys):
     cfg = config.make_config("small32", batch_size=16, subset=64, epochs=50, max_minutes=0.05, log_every=1)
     result = train.train(cfg, tmp_path, progress=True)

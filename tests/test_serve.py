@@ -29,7 +29,7 @@ with warnings.catch_warnings():  # starlette warns that its TestClient will move
     from fastapi.testclient import TestClient
 
 from facegan import serve  # noqa: E402
-from facegan.checkpoint import load_generator  # noqa: E402
+from facegan.export import load_generator  # noqa: E402
 from facegan.plots import image_grid  # noqa: E402
 from facegan.sampling import face_for_seed, generate, interpolate_faces, to_uint8, truncated_latent  # noqa: E402
 
@@ -272,6 +272,7 @@ def server_command(*args: str) -> list[str]:
     return [sys.executable, "helpers.py", "serve", *args]
 
 
+@pytest.mark.slow
 def test_real_server_process_serves_and_stops(model, tmp_path):
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -323,6 +324,7 @@ def live_server():
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
+@pytest.mark.slow
 def test_gallery_in_a_browser(live_server, tmp_path):
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         pytest.skip("needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facegan import batches, bench, checkpoint, cli, config, data, models, sampling, step, train
+from facegan import batches, bench, checkpoint, cli, config, data, export, models, sampling, step, train
 from facegan import device as device_policy
 from facegan.state import TrainState, make_state
 from facegan.updates import discriminator_step, generator_step, lr_factor, make_optimizers
@@ -40,6 +40,7 @@ def test_three_steps_on_real_faces_change_parameters(preset, real_batches):
         assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", list(config.PRESETS))
 def test_discriminator_overfits_a_single_batch(preset, real_batches):
     """D alone must learn to tell one fixed real batch from a fixed G's samples within 40 steps.
@@ -101,6 +102,7 @@ def _tiny_config(**overrides):
     return config.make_config("small32", batch_size=16, subset=128, epochs=2, log_every=1, **overrides)
 
 
+@pytest.mark.slow
 def test_checkpoint_resume_continues_exactly(celeba_dir, tmp_path):
     full = train.train(_tiny_config(), tmp_path / "full", progress=False)
     assert full.step == 16 and full.epoch == 2
@@ -115,10 +117,11 @@ def test_checkpoint_resume_continues_exactly(celeba_dir, tmp_path):
     assert [step for step, _ in resumed.samples] == [8, 16]  # one fixed-latent grid per epoch
 
 
+@pytest.mark.slow
 def test_checkpoint_rebuilds_models_from_its_configuration(celeba_dir, tmp_path):
     cfg = config.make_config("dcgan64", batch_size=8, subset=16, max_steps=1, ema_decay=0.99)
     state = train.train(cfg, tmp_path, progress=False).state
-    G, loaded_cfg = checkpoint.load_generator(tmp_path / "checkpoint.pt")
+    G, loaded_cfg = export.load_generator(tmp_path / "checkpoint.pt")
     assert loaded_cfg == cfg
     z = state.fixed_z[:4]
     assert torch.allclose(G(z), sampling.generate(state.sampler, z), atol=1e-5)
@@ -126,6 +129,7 @@ def test_checkpoint_rebuilds_models_from_its_configuration(celeba_dir, tmp_path)
     assert again.step == 1 and again.config == cfg
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_architecture(celeba_dir, tmp_path):
     train.train(_tiny_config(max_steps=1), tmp_path, progress=False)
     with pytest.raises(ValueError, match="cannot resume"):
@@ -133,6 +137,7 @@ def test_resume_refuses_another_architecture(celeba_dir, tmp_path):
                       progress=False)
 
 
+@pytest.mark.slow
 def test_cli_dry_run_writes_a_run_and_resumes(celeba_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", "--dry-run", "--out", str(out), "--seed", "3"]) == 0
@@ -198,6 +203,7 @@ def test_bf16_step_makes_nearly_the_fp32_update(preset, real_batches, monkeypatc
     assert not torch.equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["small32", "dcgan64", "hinge_sn64"])
 def test_bf16_rounding_is_small_beside_minibatch_noise(preset, real_batches, monkeypatch):
     """Every SGD step already follows a noisy estimate of the gradient: another batch of faces
@@ -261,6 +267,7 @@ def test_cached_batches_in_channels_last_hold_the_same_values(celeba_dir, tmp_pa
     assert resident.resident is not None and torch.equal(next(resident.epoch(0)), plain)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipeline", ["classic", "fast", "fast-fp32", "fast-bf16", "fast+compile"])
 def test_benchmark_worker_measures_every_pipeline(pipeline, celeba_dir):
     import queue
@@ -308,12 +315,14 @@ def test_step_flops_match_a_hand_count_for_the_generator_stem():
     assert bench.step_flops(config.make_config("dcgan64"), 16) / 16 > 10 * flops  # 64px nets cost far more
 
 
+@pytest.mark.slow
 def test_peak_gflops_is_a_plausible_rate():
     # a 2-core laptop manages tens of GFLOP/s, an H100 hundreds of thousands: a wrong FLOP
     # formula or unit would land far outside
     assert 1 < bench.peak_gflops(torch.device("cpu"), repeats=1) < 1e6
 
 
+@pytest.mark.slow
 def test_the_ema_generator_uses_batchnorm_statistics_of_its_own_weights(real_batches):
     """Averaging BatchNorm's running statistics with the weights gives statistics of no network
     (dark, washed-out samples early in a run): the sampler re-estimates them for the EMA weights."""
@@ -337,6 +346,7 @@ def test_the_ema_generator_uses_batchnorm_statistics_of_its_own_weights(real_bat
     assert any(not torch.allclose(averaged[k], refreshed[k], rtol=0.2) for k in averaged)
 
 
+@pytest.mark.slow
 def test_train_returns_a_result_apart_from_the_state(celeba_dir, tmp_path):
     result = train.train(_tiny_config(max_steps=3), tmp_path, progress=False)
     assert isinstance(result, train.TrainResult) and isinstance(result.state, TrainState)
@@ -350,6 +360,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ALIGNED_SAMPLE = ROOT.parent / "shared" / "data" / "img-align-celeba-sample.zip"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ALIGNED_SAMPLE.is_file(), reason="needs ../shared/data/img-align-celeba-sample.zip")
 def test_a_128px_dcgan_trains_on_aligned_celeba_cropped(tmp_path, monkeypatch, capsys):
     """The command the README gives for bigger images, on the 3,000 aligned originals (178x218)."""
@@ -359,7 +370,7 @@ def test_a_128px_dcgan_trains_on_aligned_celeba_cropped(tmp_path, monkeypatch, c
                      "--crop", "160", "--subset", "32", "--batch-size", "8", "--max-steps", "3",
                      "--g-conv-dim", "8", "--d-conv-dim", "8", "--log-every", "1", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
-    G, cfg = checkpoint.load_generator(out / "checkpoint.pt")
+    G, cfg = export.load_generator(out / "checkpoint.pt")
     assert cfg.image_size == 128 and cfg.crop == 160
     assert G(models.sample_latent(2, cfg)).shape == (2, 3, 128, 128)
     grids = sorted((out / "samples").glob("step_*.png"))
