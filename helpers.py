@@ -4,31 +4,31 @@ The engine is the ``facegan`` package, one module per job; this file re-exports 
 teaching API so that the notebook, the exercise and ``problem_unittests.py`` need a
 single import.  Notebook section -> functions -> module (every module, one line each: docs/layout.md):
 
-    1. Get the data           ensure_celeba, list_images, read_image, resolve_image_dir,
-                              FaceImages, DataError                          facegan/data.py
-    0. Set-up (Colab)         prepare                                         facegan/setup.py
-    2. Pre-process the data   get_dataloader, scale, image_transform          facegan/data.py
-                              training_batches (the fast cached batches)      facegan/batches.py
-    3. The discriminator      Discriminator, DCGANDiscriminator               facegan/models.py
-    4. The generator          Generator, DCGANGenerator, weights_init_normal,
+    1. Set-up and parameters  prepare (the first cell, Colab)                  facegan/setup.py
+                              Config, PRESETS, make_config, in_ci             facegan/config.py
+    2. Get the data           ensure_celeba, list_images, read_image,
+                              resolve_image_dir, FaceImages, DataError        facegan/data.py
+    3. Pre-process            get_dataloader, scale, image_transform          facegan/data.py
+    4. The models             Discriminator, DCGANDiscriminator, Generator,
+                              DCGANGenerator, weights_init_normal,
                               build_models, count_parameters, sample_latent   facegan/models.py
-    5. Losses                 real_loss, fake_loss, hinge_*, wasserstein_*,
+    5. Losses and optimisers  real_loss, fake_loss, hinge_*, wasserstein_*,
                               gradient_penalty, LOSSES                        facegan/losses.py
-    6. Optimisers and steps   make_optimizers, discriminator_step,
-                              generator_step                                  facegan/updates.py
+                              make_optimizers                                 facegan/updates.py
+    6. Training               discriminator_step, generator_step              facegan/updates.py
+                              training_batches (the fast cached batches)      facegan/batches.py
                               pick_device                                     facegan/device.py
+                              train, TrainResult, make_progress_gif           facegan/train.py
                               TrainState, make_state                          facegan/state.py
                               train_step                                      facegan/step.py
-    7. Training               Config, PRESETS, make_config, in_ci             facegan/config.py
-                              train, TrainResult, make_progress_gif           facegan/train.py
-    8. Results                plot_losses, show_images, show_samples_over_training,
+    7-8. Curves and samples   plot_losses, show_images, show_samples_over_training,
                               save_progress_gif                               facegan/plots.py
-                              generate, truncated_latent, face_for_seed,
+                              generate                                        facegan/sampling.py
+    9. A trained generator    load_generator (a model folder or a checkpoint) facegan/export.py
+                              export_generator, load_checkpoint,
+                              save_checkpoint                                 facegan/checkpoint.py
+                              truncated_latent, face_for_seed,
                               interpolate_faces, slerp                        facegan/sampling.py
-                              load_generator (any generator: a model folder
-                              or a checkpoint)                                facegan/export.py
-                              export_generator,
-                              load_checkpoint, save_checkpoint                facegan/checkpoint.py
                               evaluate_generator, nearest_real_faces          facegan/evaluation.py
 
 It is also the command line, the same as ``python -m facegan``::
@@ -36,7 +36,7 @@ It is also the command line, the same as ``python -m facegan``::
     python helpers.py train --preset small32 --epochs 5 --out runs/small32
     python helpers.py train --dry-run                  # a few steps, for CI
     python helpers.py train --out runs/small32 --resume
-    python helpers.py sample|fid|bench|exercise|serve|export --help
+    python helpers.py sample|fid|bench|exercise|notebook|serve|export --help
 """
 from __future__ import annotations
 

@@ -91,6 +91,7 @@ def save_checkpoint(state: TrainState, path: str | Path, keep_previous: bool = T
         "d_opt": state.d_opt.state_dict(), "g_opt": state.g_opt.state_dict(),
         "ema": state.ema.state_dict() if state.ema is not None else None,
         "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
+        "steps_per_epoch": state.steps_per_epoch,  # a resume must see the same epochs (batch size, data)
         "history": state.history, "fixed_z": state.fixed_z.cpu(),
         "rng": rngs[0], "world_size": len(rngs),  # a resume must use the same number of processes
     }
@@ -151,7 +152,10 @@ def newest_checkpoint(out: str | Path) -> tuple[dict, Path]:
             raise CheckpointError(f"no readable checkpoint in {out}: {CHECKPOINT} and {PREVIOUS} are both "
                                   "unreadable or not checkpoints. Start again in another --out folder "
                                   "(or without --resume)") from e_prev
-        print(f"{e}\nresuming from the previous checkpoint {previous} (step {ckpt['step']}) instead")
+        if ddp.is_main() and primary.is_file():  # kept for a look, and out of the way of the next save's rename
+            os.replace(primary, out / "checkpoint.corrupt.pt")
+        print(f"{e}\nresuming from the previous checkpoint {previous} (step {ckpt['step']}) instead; the "
+              f"unreadable file is now {out / 'checkpoint.corrupt.pt'}")
         return ckpt, previous
 
 

@@ -73,6 +73,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{args.preset or 'small32'}{'-dry-run' if args.dry_run else ''}")
     # Resume: the run's newest readable checkpoint (with the fallback) gives the configuration and the state.
     resume = newest_checkpoint(out)[0] if args.resume else False
+    if not resume and not args.dry_run and (out / CHECKPOINT).is_file():  # never train over a run by accident
+        raise ValueError(f"{out} already holds a run ({out / CHECKPOINT}); pass --resume to continue it, or "
+                         "--out NEW_FOLDER to start another")
     cfg = config_from_args(args, resume["config"] if resume else None)
     # Under torchrun: join the process group for the run, leave it after (facegan/distributed.py).
     with ddp.process_group(cfg.device):

@@ -1,15 +1,14 @@
 """The run's clock: the time budget, the checkpoint interval and stop requests, agreed by every rank.
 
-One process: SIGTERM raises ``KeyboardInterrupt`` (like Ctrl-C) wherever the loop is, and the
-loop saves a checkpoint on its way out.  Several processes (torchrun): SIGTERM and Ctrl-C only
-set a flag, and at each logged step the ranks agree, in one all-reduce, on the averaged losses
-and on three verdicts (a checkpoint is due, the budget is spent, a stop was requested), so they
-all checkpoint and stop at the same step.
+SIGTERM and Ctrl-C (the notebook's stop button) only set a flag, and the loop stops at the end
+of the step it is in, saving a checkpoint of whole steps on its way out.  Several processes
+(torchrun): at each logged step the ranks agree, in one all-reduce, on the averaged losses and
+on three verdicts (a checkpoint is due, the budget is spent, a stop was requested), so they all
+checkpoint and stop at the same step.
 """
 from __future__ import annotations
 
 import math
-import signal
 import threading
 import time
 
@@ -17,10 +16,6 @@ import torch
 
 from . import distributed as ddp
 from .config import Config
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class RunClock:
@@ -41,21 +36,15 @@ class RunClock:
         # spent on every rank alike: trained_seconds comes from the same checkpoint.
         self._time_up, self._due, self.stop_agreed = trained_seconds >= self.budget, False, False
         self._stop: ddp.StopRequest | None = None
-        self._old_handler = None
 
     def __enter__(self) -> RunClock:
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
-            if self.distributed:
-                self._stop = ddp.StopRequest().__enter__()
-            else:
-                self._old_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+            self._stop = ddp.StopRequest().__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         if self._stop is not None:
             self._stop.__exit__()
-        elif self._old_handler is not None:
-            signal.signal(signal.SIGTERM, self._old_handler)
 
     def seconds(self) -> float:
         """Training time of the whole run so far, earlier calls (resumes) included."""
@@ -64,6 +53,10 @@ class RunClock:
     def elapsed(self) -> float:
         """Seconds since this call started training."""
         return time.perf_counter() - self.start
+
+    def should_stop(self) -> bool:
+        """A stop was requested: at once in one process; in several, once every rank agreed on it."""
+        return self.stop_agreed if self.distributed else bool(self._stop and self._stop.requested)
 
     def out_of_time(self) -> bool:
         return self._time_up if self.distributed else self.seconds() >= self.budget

@@ -187,10 +187,12 @@ def agree(record: dict[str, float], flags: dict[str, bool], device: torch.device
 
 
 class StopRequest:
-    """In a distributed run, SIGTERM and Ctrl-C only set ``requested``; the ranks agree on it
-    at the next logged step and stop there together.  (Raising at once, as one process does,
-    would stop each rank at a different point, some inside a collective.)  torchrun forwards
-    SIGTERM to every worker and kills them 30 s later: keep ``log_every`` steps shorter."""
+    """SIGTERM and Ctrl-C only set ``requested``; training stops at a step boundary, so the
+    checkpoint it saves holds whole steps.  In a distributed run the ranks agree on it at the
+    next logged step and stop there together.  (Raising at once would stop each rank at a
+    different point, some inside a collective.)  torchrun forwards SIGTERM to every worker and
+    kills them 30 s later: keep ``log_every`` steps shorter.  A second signal raises
+    ``KeyboardInterrupt`` at once, for a step that never ends."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -202,6 +204,8 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt(f"signal {signum}, a second time")
         self.requested = True
 
     def __exit__(self, *exc) -> None:

@@ -91,24 +91,27 @@ def grid_path(folder: str | Path, step: int) -> Path:
     return Path(folder) / "samples" / f"step_{step:07d}.png"
 
 
-def read_grids(folder: str | Path, image_size: int) -> list[tuple[int, torch.Tensor]]:
+def read_grids(folder: str | Path, image_size: int, n_images: int = 64,
+               max_grids: int | None = None) -> list[tuple[int, torch.Tensor]]:
     """The fixed-latent grids a run saved (``grid_path``), oldest first, as (step, uint8 N x 3 x S x S).
 
-    Each PNG is cut back into its images (``image_grid``'s layout: 2-pixel padding); the
-    blank tiles that fill the last row of a grid are dropped.
+    Each PNG is cut back into its first ``n_images`` images (``image_grid``'s layout: 2-pixel
+    padding; the run's ``Config.n_samples``).  ``max_grids`` reads only that many, evenly spread
+    over the run, so a long run's thousand grids are never all in memory.
     """
     from PIL import Image
 
+    paths = sorted((Path(folder) / "samples").glob("step_*.png"))
+    if max_grids and len(paths) > max_grids:
+        paths = [paths[round(i)] for i in np.linspace(0, len(paths) - 1, max_grids)]
     grids = []
-    for path in sorted((Path(folder) / "samples").glob("step_*.png")):
+    for path in paths:
         picture = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
         pitch = image_size + 2
         rows, cols = (picture.shape[1] - 2) // pitch, (picture.shape[2] - 2) // pitch
         tiles = [picture[:, 2 + r * pitch:2 + r * pitch + image_size, 2 + c * pitch:2 + c * pitch + image_size]
                  for r in range(rows) for c in range(cols)]
-        while len(tiles) > 1 and bool((tiles[-1] == 255).all()):
-            tiles.pop()
-        grids.append((int(path.stem.removeprefix("step_")), torch.stack(tiles)))
+        grids.append((int(path.stem.removeprefix("step_")), torch.stack(tiles[:n_images])))
     return grids
 
 

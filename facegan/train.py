@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import distributed as ddp
 from .batches import CachedBatches, LoaderBatches, training_batches
-from .checkpoint import Checkpointer, export_generator, load_checkpoint, newest_checkpoint
+from .checkpoint import CHECKPOINT, Checkpointer, export_generator, load_checkpoint, newest_checkpoint
 from .clock import RunClock
 from .config import Config
 from .data import DataError, resolve_image_dir
@@ -58,7 +58,7 @@ class TrainResult:
     def samples(self) -> list[tuple[int, torch.Tensor]]:
         """The fixed-latent grids of the whole run, oldest first: the run folder's PNG files, if any."""
         if self.out_dir is not None and ddp.is_main():
-            return read_grids(self.out_dir, self.state.config.image_size)
+            return read_grids(self.out_dir, self.state.config.image_size, self.state.config.n_samples)
         return self.grids
 
     step = property(lambda self: self.state.step)
@@ -106,7 +106,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool | dict = 
                         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
                     # Perform maintenance tasks at logged steps, sample points and epoch ends.
-                    logged = state.step % cfg.log_every == 0 or state.step == state.total_steps
+                    logged = (state.step % cfg.log_every == 0 or state.step == state.total_steps
+                              or not clock.distributed and clock.out_of_time())  # the budget's last step
                     if logged:
                         record = clock.agree(meter.mean())  # distributed: averaged over ranks, verdicts agreed
                         _stop_if_diverged(state, record, saver)
@@ -120,7 +121,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool | dict = 
                         last_grid = _save_grid(state, result)
                     if epoch_end or logged and clock.checkpoint_due():
                         _save(state, saver, clock, full=epoch_end)
-                    if clock.stop_agreed:  # distributed: a stop every rank agreed on, at this same step
+                    if clock.should_stop():  # SIGTERM or Ctrl-C, at a step boundary (distributed: agreed)
                         raise KeyboardInterrupt("stop requested")
                     if state.step >= state.total_steps or clock.out_of_time():
                         break
@@ -210,6 +211,9 @@ def _set_up(cfg: Config, out: Path | None, resume: bool | dict, batches, models)
     ddp.seed_ranks(cfg.seed)  # distributed: each rank draws its own latents and noise
     if resume:
         _restore(state, out, resume)
+    elif out is not None and ddp.is_main():  # a fresh run: no grids of an earlier run in its GIF
+        for old in (out / "samples").glob("step_*.png"):
+            old.unlink()
     state.D, state.G = ddp.wrap_models(state.D, state.G, device, cfg.sync_batchnorm)  # distributed: DDP
     if cfg.compile:
         state.D, state.G = torch.compile(state.D), torch.compile(state.G)
@@ -223,12 +227,17 @@ def _restore(state: TrainState, out: Path | None, resume: bool | dict) -> None:
     ckpt, path = (resume, out) if isinstance(resume, dict) else newest_checkpoint(out)
     clash = [f for f in ARCH_FIELDS if getattr(ckpt["config"], f) != getattr(state.config, f)]
     if clash:
-        raise ValueError(f"cannot resume: the checkpoint's {clash} differ from this configuration; "
-                         f"use the same preset or another --out folder")
+        raise ValueError(f"cannot resume: the checkpoint's {', '.join(clash)} differ from this configuration "
+                         f"(the models' shapes); use the same values or another --out folder")
     if ckpt.get("world_size", 1) != ddp.world_size():  # the data order and random streams depend on it
         raise ValueError(f"cannot resume: the checkpoint was written by {ckpt.get('world_size', 1)} "
                          f"process(es) and this run has {ddp.world_size()}; resume with the same number of "
                          f"processes (torchrun --nnodes/--nproc_per_node), or start another --out folder")
+    saved_epoch = ckpt.get("steps_per_epoch")
+    if saved_epoch not in (None, state.steps_per_epoch) or ckpt["batch_in_epoch"] >= state.steps_per_epoch:
+        raise ValueError(f"cannot resume: the checkpoint's epochs have {saved_epoch or 'more'} batches and this "
+                         f"run's have {state.steps_per_epoch}; resume with the same --batch-size, --subset and "
+                         "data, or start another --out folder")
     load_checkpoint(ckpt, state)
     if ddp.is_main():
         for step, images in ckpt.get("samples") or ():  # checkpoints from before grids were PNG files
@@ -249,7 +258,8 @@ def _stop_if_diverged(state: TrainState, record: dict[str, float], saver: Checkp
             if problem is None and not torch.isfinite(p).all():
                 problem = f"{name} weight {key} is not finite"
     if problem:
-        kept = f"; the last good checkpoint (step {saver.step}) is kept" if saver.out else ""
+        kept = (f"; the last good checkpoint (step {saver.step}) is kept"
+                if saver.out and (saver.out / CHECKPOINT).is_file() else "")
         raise TrainingDiverged(f"training diverged at step {state.step}: {problem}{kept}. "
                                "Lower the learning rates, or try --amp false")
 
@@ -311,9 +321,9 @@ def make_progress_gif(run_dir: str | Path, image_size: int | None = None, max_fr
     ``train`` calls it once at the end of a run; call it yourself for a run still going.
     ``image_size`` defaults to the one in the run's checkpoint.
     """
-    from .checkpoint import CHECKPOINT, read_checkpoint
+    from .checkpoint import read_checkpoint
 
     run_dir = Path(run_dir)
     image_size = image_size or read_checkpoint(run_dir / CHECKPOINT)["config"].image_size
-    grids = read_grids(run_dir, image_size)
+    grids = read_grids(run_dir, image_size, n_images=16, max_grids=max_frames)  # the GIF shows 16 faces
     return save_progress_gif(grids, run_dir / "progress.gif", max_frames=max_frames) if len(grids) > 1 else None

@@ -240,6 +240,12 @@ def test_cli_resume_falls_back_to_the_previous_checkpoint_and_refuses_two_corrup
     out = capsys.readouterr().out
     assert "truncated or corrupt" in out and "resuming from the previous checkpoint" in out and "(step 8)" in out
     assert checkpoint.read_checkpoint(primary)["step"] == 16  # trained on from step 8
+    assert (tmp_path / "checkpoint.corrupt.pt").is_file()  # set aside, not renamed over the good fallback
+    assert cli.main([*flags, "--epochs", "5"]) == 2  # a fresh start over an existing run is refused
+    assert "pass --resume" in capsys.readouterr().err
+    assert checkpoint.read_checkpoint(primary)["step"] == 16
+    assert cli.main([*flags, "--epochs", "5", "--resume", "--batch-size", "32"]) == 2  # other epochs: refused
+    assert "--batch-size" in capsys.readouterr().err
     for path in (primary, tmp_path / checkpoint.PREVIOUS):
         path.write_bytes(b"not a checkpoint")
     assert cli.main([*flags, "--epochs", "5", "--resume"]) == 2
@@ -294,3 +300,32 @@ def test_the_progress_bar_shows_the_time_budget(celeba_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "(0.05-min budget)" in err and "/3 s" in err and "step=" in err
     assert 0 < result.steps < result.state.total_steps  # the budget, not the step count, ended it
+    assert result.history["seconds"][-1] >= 3 and result.history["step"][-1] == result.step  # its last step logged
+
+
+@pytest.mark.slow
+def test_sigterm_stops_at_a_step_boundary_and_the_resume_is_bit_for_bit(celeba_dir, tmp_path):
+    """The signal only sets a flag: the checkpoint saved on the way out holds whole steps."""
+    steps = ["--max-steps", "40"]
+    full = _cli(tmp_path / "full", *steps)
+    assert full.wait(timeout=300) == 0, full.stdout.read()
+    stopped = tmp_path / "stopped"
+    run = _cli(stopped, *steps, "--checkpoint-minutes", "0")
+    _wait_for_step(stopped, 16)  # the first epoch's checkpoint; the run goes on into the second
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=120) == 130
+    assert 16 <= checkpoint.read_checkpoint(stopped / "checkpoint.pt")["step"] < 40
+    run = _cli(stopped, "--resume", *steps)
+    assert run.wait(timeout=300) == 0, run.stdout.read()
+    a, b = _weights(tmp_path / "full" / "checkpoint.pt"), _weights(stopped / "checkpoint.pt")
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_grids_read_back_keep_white_faces(tmp_path):
+    from facegan import plots
+
+    images = torch.randint(0, 255, (64, 3, 8, 8), dtype=torch.uint8)
+    images[-9:] = 255  # saturated faces, as an early generator draws them
+    plots.save_grid(images, plots.grid_path(tmp_path, 7))
+    (step, back), = plots.read_grids(tmp_path, 8)
+    assert step == 7 and torch.equal(back, images)
