@@ -295,12 +295,12 @@ def test_the_progress_gif_is_capped(tmp_path):
 
 @pytest.mark.slow
 def test_the_progress_bar_shows_the_time_budget(celeba_dir, tmp_path, capsys):
-    cfg = config.make_config("small32", batch_size=16, subset=64, epochs=50, max_minutes=0.05, log_every=1)
+    cfg = config.make_config("small32", batch_size=16, subset=64, epochs=50, max_minutes=0.05, log_every=10_000)
     result = train.train(cfg, tmp_path, progress=True)
     err = capsys.readouterr().err
     assert "(0.05-min budget)" in err and "/3 s" in err and "step=" in err
     assert 0 < result.steps < result.state.total_steps  # the budget, not the step count, ended it
-    assert result.history["seconds"][-1] >= 3 and result.history["step"][-1] == result.step  # its last step logged
+    assert result.history["step"] == [result.step]  # no step was due a log but the budget's last one
 
 
 @pytest.mark.slow
