@@ -22,8 +22,6 @@ import pytest
 import torch
 import torch.distributed as dist
 
-pytestmark = pytest.mark.slow  # every test here starts processes
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -31,8 +29,9 @@ from facegan import batches, checkpoint, config, distributed, losses, step, trai
 from facegan import device as device_policy  # noqa: E402
 from facegan.state import bare, make_state  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="needs torch.distributed with the gloo backend")
+pytestmark = [pytest.mark.slow,  # every test here starts processes
+              pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                 reason="needs torch.distributed with the gloo backend")]
 #: Small widths keep each preset's step to tens of milliseconds on one CPU thread; the
 #: architectures (layers, norms, losses) are the presets' own.
 TINY = dict(g_conv_dim=16, d_conv_dim=16, batch_size=4, subset=64, amp=False, log_every=1, device="cpu")
