@@ -237,3 +237,22 @@ def test_failed_cache_build_leaves_no_partial_file(image_folder, tmp_path):
     with pytest.raises(data.DataError, match="003.jpg"):
         batches.build_image_cache(data.list_images(image_folder), 32, cache_dir=tmp_path / "cache", num_workers=0)
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_extracting_the_same_archive_again_keeps_the_cache_keys(tmp_path):
+    """Files keep the archive's times, so caches and cached FID features survive a re-extraction."""
+    archive = make_celeba_zip(tmp_path / "processed-celeba-small.zip", n=5)
+    data_dir = tmp_path / "processed_celeba_small"
+    before = batches.cache_key(data.list_images(data.ensure_celeba(archive, data_dir=data_dir)), 32, 0)
+    data.extract_zip(archive, data_dir, replace=True)
+    assert batches.cache_key(data.list_images(data_dir / "celeba"), 32, 0) == before
+
+
+def test_a_relative_path_to_the_same_archive_is_the_same_archive(tmp_path, monkeypatch, capsys):
+    (tmp_path / "shared").mkdir()
+    archive = make_celeba_zip(tmp_path / "shared" / "processed-celeba-small.zip", n=3)
+    data_dir = tmp_path / "main" / "processed_celeba_small"
+    data.ensure_celeba(archive, data_dir=data_dir)
+    monkeypatch.chdir(tmp_path / "main")
+    data.ensure_celeba("../shared/processed-celeba-small.zip", data_dir=data_dir)
+    assert "again" not in capsys.readouterr().out
