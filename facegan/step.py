@@ -59,7 +59,6 @@ def train_step(state: TrainState, real: torch.Tensor) -> dict[str, torch.Tensor]
     state.d_opt.step()
 
     # Generator: through D, whose weights are frozen (their gradients would be thrown away).
-    g_loss = torch.zeros((), device=state.device)
     if g_turn:
         state.g_opt.zero_grad(set_to_none=True)
         D.requires_grad_(False)
@@ -78,5 +77,8 @@ def train_step(state: TrainState, real: torch.Tensor) -> dict[str, torch.Tensor]
             group["lr"] = base * factor
     # For BCE the D outputs are logits (scores before the sigmoid): report probabilities D(x), D(G(z)).
     to_score = torch.sigmoid if cfg.loss == "bce" else (lambda t: t)
-    return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(),
-            "d_real": to_score(d_real.detach().float()).mean(), "d_fake": to_score(d_fake.detach().float()).mean()}
+    metrics = {"d_loss": d_loss.detach(), "d_real": to_score(d_real.detach().float()).mean(),
+               "d_fake": to_score(d_fake.detach().float()).mean()}
+    if g_turn:  # a critic-only step (n_critic > 1) has no G loss: a 0 here would drag the logged mean down
+        metrics["g_loss"] = g_loss.detach()
+    return metrics

@@ -144,22 +144,30 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool | dict = 
 
 
 class _Meter:
-    """Sums of the step metrics since the last logged step, and what this call has trained."""
+    """Means of the step metrics since the last logged step, and what this call has trained.
+
+    Each metric is averaged over the steps that reported it: with ``n_critic > 1`` only one
+    step in ``n_critic`` has a G loss.  A metric no step of the window reported keeps its
+    last logged value.
+    """
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = self.steps = self.images = 0
+        self.counts: dict[str, int] = {}
+        self.last: dict[str, float] = {}
+        self.steps = self.images = 0
 
     def add(self, metrics: dict[str, torch.Tensor], images: int) -> None:
         for k, v in metrics.items():
             self.sums[k] = self.sums.get(k, 0) + v
-        self.count, self.steps, self.images = self.count + 1, self.steps + 1, self.images + images
+            self.counts[k] = self.counts.get(k, 0) + 1
+        self.steps, self.images = self.steps + 1, self.images + images
 
     def mean(self) -> dict[str, float]:
         """The means since the last call (``.item()`` waits for the device, so only at logged steps)."""
-        record = {k: (v / self.count).item() for k, v in self.sums.items()}
-        self.sums, self.count = {}, 0
-        return record
+        self.last.update({k: (v / self.counts[k]).item() for k, v in self.sums.items()})
+        self.sums, self.counts = {}, {}
+        return dict(self.last)
 
 
 #: The budget bar counts training seconds: "fast32 (25-min budget):  40%|####  | 600/1500 s [...]".
@@ -190,7 +198,8 @@ class _Progress:
     def show(self, record: dict[str, float], images_per_second: float) -> None:
         done = min(round(self.clock.seconds()), self.bar.total) if self.budget else self.state.step
         self.bar.update(done - self.bar.n)
-        self.bar.set_postfix(step=self.state.step, d=f"{record['d_loss']:.3f}", g=f"{record['g_loss']:.3f}",
+        g_loss = record.get("g_loss", math.nan)  # NaN until G's first step (n_critic > 1)
+        self.bar.set_postfix(step=self.state.step, d=f"{record['d_loss']:.3f}", g=f"{g_loss:.3f}",
                              Dx=f"{record['d_real']:.2f}", DGz=f"{record['d_fake']:.2f}",
                              ips=f"{images_per_second:.0f}")
 
@@ -265,8 +274,8 @@ def _stop_if_diverged(state: TrainState, record: dict[str, float], saver: Checkp
 
 
 def _append_history(state: TrainState, record: dict[str, float], seconds: float) -> None:
-    for k, v in record.items():
-        state.history[k].append(v)
+    for k in ("d_loss", "g_loss", "d_real", "d_fake"):  # NaN: not measured yet (no G step before this log)
+        state.history[k].append(record.get(k, math.nan))
     state.history["step"].append(state.step)
     state.history["epoch"].append(state.epoch)
     state.history["seconds"].append(seconds)  # training time, resumes included

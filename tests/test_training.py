@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,25 @@ def test_train_step_detaches_fakes_in_the_d_step(real_batches):
     state = _state("small32", n_critic=2)  # the first step is a D-only step
     step.train_step(state, real_batches[32])
     assert all(p.grad is None for p in state.G.parameters())
+
+
+def test_critic_only_steps_report_no_g_loss(real_batches):
+    state = _state("small32", n_critic=2)
+    assert "g_loss" not in step.train_step(state, real_batches[32])  # D only
+    assert torch.isfinite(step.train_step(state, real_batches[32])["g_loss"])  # D, then G
+
+
+def test_logged_g_loss_is_the_mean_over_g_steps_only(celeba_dir, tmp_path):
+    """With n_critic 3 and a log every step, G's loss is NaN until G first steps, then held between G steps.
+
+    Averaging zeros of critic-only steps in would log a third of the real G loss.
+    """
+    history = train.train(_tiny_config(n_critic=3, max_steps=7), tmp_path, progress=False).state.history
+    g = history["g_loss"]
+    assert len(g) == len(history["step"]) == 7
+    assert math.isnan(g[0]) and math.isnan(g[1])
+    assert math.isfinite(g[2]) and g[2] == g[3] == g[4] != g[5] and g[5] == g[6]
+    assert all(math.isfinite(v) for v in history["d_loss"])
 
 
 def test_textbook_steps_match_the_training_step(real_batches):
