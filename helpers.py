@@ -1,8 +1,9 @@
 """The notebook's front door: what ``face_generation.ipynb`` uses, by section, and where it lives.
 
 The engine is the ``facegan`` package, one module per job; this file re-exports the
-teaching API so that the notebook, the exercise and ``problem_unittests.py`` need a
-single import.  Notebook section -> functions -> module (every module, one line each: docs/layout.md):
+teaching API so that the notebook and the exercise need a single import.  The checks they
+run on the learner's code are ``problem_unittests.py``, which re-exports them from
+``facegan/checks/``.  Notebook section -> functions -> module (every module, one line each: docs/layout.md):
 
     1. Set-up and parameters  prepare (the first cell, Colab)                  facegan/setup.py
                               Config, PRESETS, make_config, in_ci             facegan/config.py

@@ -1,0 +1,203 @@
+"""Checks for the D and G training steps, and the guard on the notebook's training loop.
+
+A step is checked by its effect: the learner's step and a reference step run from copies of the
+same models, optimiser and batch, and their updates are compared.  When they differ, the usual
+mistakes (a missing ``zero_grad``, swapped labels, ``fake_loss`` in the G step...) are replayed
+the same way to name the likely one.  ``require_bce_game`` stops the notebook's loop, which plays
+the BCE game with the learner's steps, from training a preset that plays another game.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .report import _call, _fail, _passed
+
+
+def _bce(out: torch.Tensor, label: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(out, torch.full_like(out, label))
+
+
+def _params(net: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+
+def _same_update(before: torch.Tensor, after: torch.Tensor, ref_after: torch.Tensor) -> bool:
+    """Whether two updates from the same start agree (to 1% of the reference update's size)."""
+    ref = ref_after - before
+    return (after - ref_after).norm().item() <= 0.01 * ref.norm().item() + 1e-12
+
+
+def _stale_grads(net: nn.Module) -> list[torch.Tensor]:
+    """Large leftover gradients, as a previous step would leave them: only zero_grad() clears them."""
+    g = torch.Generator().manual_seed(7)
+    return [torch.randn(p.shape, generator=g).mul_(10).to(p.device) for p in net.parameters()]
+
+
+def _reference_d_step(start, real, z, variant: str, stale: list[torch.Tensor]):
+    """The D update from ``start`` (copies of D, G, d_optimizer), done right or with one usual mistake."""
+    D, G, opt = copy.deepcopy(start)
+    if variant == "no_zero_grad":
+        for p, s in zip(D.parameters(), stale, strict=True):
+            p.grad = s.clone()
+    else:
+        opt.zero_grad()
+    torch.manual_seed(1234)
+    fake = G(z).detach()
+    if variant == "concat":
+        out = D(torch.cat([real, fake]))
+        loss = _bce(out[:len(real)], 1.0) + _bce(out[len(real):], 0.0)
+    else:
+        real_label, fake_label = (0.0, 1.0) if variant == "swapped" else (1.0, 0.0)
+        loss = _bce(D(real), real_label) + (0 if variant == "real_only" else _bce(D(fake), fake_label))
+    loss.backward()
+    opt.step()
+    return _params(D), loss.item()
+
+
+D_STEP_MISTAKES = {
+    "no_zero_grad": "d_optimizer.zero_grad() is missing: gradients left from the previous step are added to this "
+                    "one's. Call d_optimizer.zero_grad() first",
+    "swapped": "the labels are swapped: D is taught to call real faces fake and fakes real. Use "
+               "real_loss(D(real_images)) + fake_loss(D(fake_images))",
+    "real_only": "only the real images' loss is used: add fake_loss(D(fake_images)) for the fakes",
+    "concat": "real and fake images go through D in one batch, so BatchNorm mixes their statistics: score them "
+              "in two calls, D(real_images) and D(fake_images)",
+}
+
+
+def test_discriminator_step(d_step: Callable, D: nn.Module, G: nn.Module, d_optimizer: torch.optim.Optimizer,
+                            real_images: torch.Tensor, z: torch.Tensor) -> None:
+    """``d_step(D, G, d_optimizer, real_images, z)`` makes the reference D update, leaves G alone, returns D's loss."""
+    start = copy.deepcopy((D, G, d_optimizer))
+    stale = _stale_grads(D)
+    for p, s in zip(D.parameters(), stale, strict=True):
+        p.grad = s.clone()
+    for p in G.parameters():
+        p.grad = None
+    d_before, g_before = _params(D), _params(G)
+    torch.manual_seed(1234)
+    loss = _call("the discriminator step", d_step, D, G, d_optimizer, real_images, z)
+    if loss is None:
+        _fail("the D step's return value", "D's loss", "None", "end the function with return d_loss")
+    value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
+    if not math.isfinite(value):
+        _fail("discriminator loss", "a finite number", str(value), "check the loss inputs for NaN")
+    if any(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters()):
+        _fail("generator gradients after the D step", "none", "gradients in G",
+              "use fake_images = G(z).detach() in the D step, so D's loss does not backpropagate into G")
+    if not torch.equal(g_before, _params(G)):
+        _fail("G's parameters", "unchanged by the D step", "changed", "the D step must only step d_optimizer")
+    d_after = _params(D)
+    if torch.equal(d_before, d_after):
+        grads = [p.grad for p in D.parameters()]
+        if all(g is None or torch.equal(g, s) for g, s in zip(grads, stale, strict=True)):
+            cause = "D got no new gradients: call d_loss.backward() on the loss, then d_optimizer.step()"
+        else:
+            cause = ("D got gradients but did not move: call d_optimizer.step() after d_loss.backward(), and build "
+                     "d_optimizer from this D's parameters")
+        _fail("D's parameters", "changed by the step", "unchanged", cause)
+    ref_after, ref_loss = _reference_d_step(start, real_images, z, "right", stale)
+    if not _same_update(d_before, d_after, ref_after):
+        for variant, cause in D_STEP_MISTAKES.items():
+            if _same_update(d_before, d_after, _reference_d_step(start, real_images, z, variant, stale)[0]):
+                _fail("D's update", "the reference D step's update", "a different update", cause)
+        _fail("D's update", "the reference D step's update (on copies of the same D, G and batch)",
+              "a different update", "zero_grad, then d_loss = real_loss(D(real_images)) + fake_loss(D(G(z).detach()))"
+              " with the z you are given, then backward() and step()")
+    if not math.isclose(value, ref_loss, rel_tol=1e-3, abs_tol=1e-4):
+        _fail("the D step's return value", f"D's loss, {ref_loss:.4f}", f"{value:.4f}",
+              "return the total loss, real_loss(...) + fake_loss(...), computed before the update")
+    _passed("the D step matches the reference update and leaves G alone")
+
+
+def _reference_g_step(start, z, variant: str, stale: list[torch.Tensor]):
+    D, G, opt = copy.deepcopy(start)
+    if variant == "no_zero_grad":
+        for p, s in zip(G.parameters(), stale, strict=True):
+            p.grad = s.clone()
+    else:
+        opt.zero_grad()
+    torch.manual_seed(1234)
+    out = D(G(z))
+    loss = {"right": lambda: _bce(out, 1.0), "no_zero_grad": lambda: _bce(out, 1.0),
+            "fake_loss": lambda: _bce(out, 0.0), "saturating": lambda: -_bce(out, 0.0)}[variant]()
+    loss.backward()
+    opt.step()
+    return _params(G), loss.item()
+
+
+G_STEP_MISTAKES = {
+    "no_zero_grad": "g_optimizer.zero_grad() is missing: gradients left from the previous step are added to this "
+                    "one's. Call g_optimizer.zero_grad() first",
+    "fake_loss": "G's loss is fake_loss(D(G(z))), which rewards D for spotting the fakes: G wants them called real, "
+                 "so use real_loss(D(G(z)))",
+    "saturating": "G minimises -fake_loss(D(G(z))), the saturating form, whose gradient vanishes while D wins: use "
+                  "the non-saturating real_loss(D(G(z)))",
+}
+
+
+def test_generator_step(g_step: Callable, D: nn.Module, G: nn.Module, g_optimizer: torch.optim.Optimizer,
+                        z: torch.Tensor) -> None:
+    """``g_step(D, G, g_optimizer, z)`` makes the reference G update (D calling G(z) real), leaving D alone."""
+    start = copy.deepcopy((D, G, g_optimizer))
+    stale = _stale_grads(G)
+    for p, s in zip(G.parameters(), stale, strict=True):
+        p.grad = s.clone()
+    for p in D.parameters():
+        p.grad = None
+    d_before, g_before = _params(D), _params(G)
+    torch.manual_seed(1234)
+    loss = _call("the generator step", g_step, D, G, g_optimizer, z)
+    if loss is None:
+        _fail("the G step's return value", "G's loss", "None", "end the function with return g_loss")
+    value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
+    if not math.isfinite(value):
+        _fail("generator loss", "a finite number", str(value), "check the loss inputs for NaN")
+    if not torch.equal(d_before, _params(D)):
+        _fail("D's parameters", "unchanged by the G step", "changed",
+              "step only g_optimizer in the G step; D is updated in its own step")
+    g_after = _params(G)
+    d_grads = any(p.grad is not None and p.grad.abs().sum() > 0 for p in D.parameters())
+    g_new = [p.grad for p in G.parameters()]
+    no_new_g = all(g is None or torch.equal(g, s) or not g.abs().sum() for g, s in zip(g_new, stale, strict=True))
+    if no_new_g and d_grads:
+        _fail("G's gradients", "gradients from G's loss", "none, although D got some",
+              "the fakes are detached (or made under torch.no_grad()) in the G step, so no gradient reaches G: "
+              "detach only in the D step; here use g_loss = real_loss(D(G(z)))")
+    if torch.equal(g_before, g_after):
+        cause = ("G got no gradients: call g_loss.backward(), then g_optimizer.step()" if no_new_g else
+                 "G got gradients but did not move: call g_optimizer.step() after backward(), and build g_optimizer "
+                 "from this G's parameters")
+        _fail("G's parameters", "changed by the step", "unchanged", cause)
+    ref_after, ref_loss = _reference_g_step(start, z, "right", stale)
+    if not _same_update(g_before, g_after, ref_after):
+        for variant, cause in G_STEP_MISTAKES.items():
+            if _same_update(g_before, g_after, _reference_g_step(start, z, variant, stale)[0]):
+                _fail("G's update", "the reference G step's update", "a different update", cause)
+        _fail("G's update", "the reference G step's update (on copies of the same D, G and z)", "a different update",
+              "zero_grad, then g_loss = real_loss(D(G(z))) with the z you are given, then backward() and step()")
+    if not math.isclose(value, ref_loss, rel_tol=1e-3, abs_tol=1e-4):
+        _fail("the G step's return value", f"G's loss, {ref_loss:.4f}", f"{value:.4f}",
+              "return g_loss, computed before the update")
+    _passed("the G step matches the reference update and leaves D alone")
+
+
+# The notebook's training loop
+
+class NotTheBCEGame(RuntimeError):
+    """The notebook's training loop was asked to train a preset that plays another game than BCE."""
+
+
+def require_bce_game(cfg) -> None:
+    """The notebook's loop trains with your BCE steps; stop, saying what to run instead, for another game."""
+    if cfg.loss != "bce":
+        raise NotTheBCEGame(
+            f"Your training loop plays the BCE game (your discriminator_step and generator_step), but preset "
+            f"{cfg.preset!r} plays the {cfg.loss!r} game, so its recipe runs with helpers.train(cfg), or "
+            f"`python helpers.py train --preset {cfg.preset}` in a terminal.")
