@@ -15,6 +15,7 @@ DOCS = ROOT / "docs"
 LINK = re.compile(r"\]\(\s*<?([^()\s<>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
 CODE_SPAN = re.compile(r"`[^`\n]*`")
+IMG_TAG = re.compile(r"<img\s[^>]*?\bsrc=\"([^\"]+)\"", re.I)  # HTML images (sized ones in tables)
 EXTERNAL = re.compile(r"^(?:[a-z][a-z0-9+.-]*:|//)", re.I)  # http:, https:, mailto:, any scheme
 
 
@@ -23,9 +24,9 @@ def markdown_files() -> list[Path]:
 
 
 def links(path: Path) -> list[str]:
-    """Every link and image target in a markdown file, outside code."""
+    """Every link and image target in a markdown file (HTML <img> included), outside code."""
     text = CODE_SPAN.sub("", FENCE.sub("", path.read_text(encoding="utf-8")))
-    return LINK.findall(text)
+    return [*LINK.findall(text), *IMG_TAG.findall(text)]
 
 
 def relative_target(target: str) -> str | None:
@@ -40,9 +41,10 @@ def test_link_parser_sees_links_and_images_and_skips_the_rest(tmp_path):
     page.write_text(
         "[a](docs/a.md#part) ![b](assets/b.png) [c](https://x.org/c) [d](mailto:d@x.org) [e](#anchor)\n"
         '[`f`](f.md "title") `[g](not-a-link.md)`\n```\n[h](fenced.md)\n```\n[![i](i.png)](j.md)\n'
+        '<img src="k.png" width="96"> <img alt="l" src="https://x.org/l.png">\n'
     )
     found = [t for t in map(relative_target, links(page)) if t]
-    assert found == ["docs/a.md", "assets/b.png", "f.md", "i.png", "j.md"]
+    assert found == ["docs/a.md", "assets/b.png", "f.md", "i.png", "j.md", "k.png"]
 
 
 def test_every_relative_link_and_image_exists():
