@@ -14,6 +14,13 @@ The three transforms of the paper's policy, each drawn independently per image:
 - ``cutout``: zero a square of half the side at a random place.
 
 Images are in [-1, 1], as G makes them.
+
+Adaptive augmentation (ADA, Karras et al. 2020) applies each transform to an image only
+with probability p, and steers p from D's own overconfidence: every few steps it measures
+r_t = E[sign(D(real))] (the share of reals D calls real, mapped to [-1, 1]) and raises p
+when r_t is above a target (0.6), lowers it when below.  With little overfitting p stays
+near 0 and G learns undistorted faces; when D starts to memorise, p rises.  ``AdaState``
+keeps p and the running sum of signs; both go into checkpoints.
 """
 from __future__ import annotations
 
@@ -60,8 +67,58 @@ def cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
 TRANSFORMS = {"color": color, "translation": translation, "cutout": cutout}
 
 
-def diff_augment(x: torch.Tensor, policy: str) -> torch.Tensor:
-    """Apply the comma-separated ``policy`` (e.g. ``"translation,cutout"``) to a batch; '' is identity."""
+def diff_augment(x: torch.Tensor, policy: str, p: float = 1.0) -> torch.Tensor:
+    """Apply the comma-separated ``policy`` (e.g. ``"translation,cutout"``) to a batch; '' is identity.
+
+    ``p`` < 1: each transform touches each image with probability p (ADA); the rest pass unchanged.
+    """
     for name in filter(None, policy.split(",")):
-        x = TRANSFORMS[name](x)
+        if p >= 1:
+            x = TRANSFORMS[name](x)
+        elif p > 0:
+            chosen = (torch.rand(x.size(0), 1, 1, 1, device=x.device) < p)
+            x = torch.where(chosen, TRANSFORMS[name](x), x)
     return x
+
+
+class AdaState:
+    """ADA's controller: the probability ``p`` and the signs of D(real) since its last adjustment.
+
+    Every ``interval`` D steps, p moves by sign(r_t - target) * images / (kimg * 1000): from 0
+    to 1 in ``kimg`` thousand images at most.  Sums stay on the device between adjustments, so a
+    GPU waits for the value once per interval, not once per step.
+    """
+
+    interval = 4
+
+    def __init__(self, target: float, kimg: float, p: float = 0.0):
+        self.target, self.kimg, self.p = target, kimg, p
+        self.signs: torch.Tensor | float = 0.0
+        self.images = self.steps = 0
+
+    def observe(self, real_out: torch.Tensor, centre: torch.Tensor | float) -> None:
+        """Add one D step's signs of the raw scores on the reals, relative to the decision centre."""
+        self.signs = self.signs + torch.sign(real_out.detach().float() - centre).sum()
+        self.images, self.steps = self.images + real_out.numel(), self.steps + 1
+
+    def adjust(self, reduce=None) -> float | None:
+        """After ``interval`` observed steps: move p towards the target and return r_t; else None.
+
+        ``reduce`` sums a tensor over processes (distributed runs), so that every rank moves p alike.
+        """
+        if self.steps < self.interval:
+            return None
+        totals = torch.tensor([float(self.signs), float(self.images)], dtype=torch.float64)
+        if reduce is not None:
+            totals = reduce(totals)
+        r_t = (totals[0] / totals[1]).item()
+        self.p += (1.0 if r_t > self.target else -1.0) * totals[1].item() / (self.kimg * 1000)
+        self.p = min(max(self.p, 0.0), 1.0)
+        self.signs, self.images, self.steps = 0.0, 0, 0
+        return r_t
+
+    def state_dict(self) -> dict:
+        return {"p": self.p, "signs": float(self.signs), "images": self.images, "steps": self.steps}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.p, self.signs, self.images, self.steps = saved["p"], saved["signs"], saved["images"], saved["steps"]

@@ -132,6 +132,9 @@ class CachedBatches:
     ``(seed, epoch)`` alone.
     """
 
+    #: Faces kept out of training for D's held-out score (``Config.holdout``; facegan/holdout.py).
+    held_out: np.ndarray | None = None
+
     def __init__(self, images: np.ndarray, batch_size: int, device: torch.device | str = "cpu",
                  seed: int = 0, flip: bool = True, channels_last: bool = False, preload: bool | None = None,
                  rank: int = 0, world_size: int = 1):
@@ -204,6 +207,20 @@ def training_batches(cfg: Config, device: torch.device | str = "cpu",
     files = list_images(folder, cfg.recursive)
     if cfg.subset:
         files = files[:cfg.subset]
-    images = build_image_cache(files, cfg.image_size, cfg.crop)
-    return CachedBatches(images, cfg.batch_size, device, cfg.seed, channels_last=cfg.channels_last,
-                         rank=rank, world_size=world)  # distributed: this rank's shard
+    images, held_out = split_held_out(build_image_cache(files, cfg.image_size, cfg.crop), cfg.holdout,
+                                      cfg.batch_size * world)
+    batches = CachedBatches(images, cfg.batch_size, device, cfg.seed, channels_last=cfg.channels_last,
+                            rank=rank, world_size=world)  # distributed: this rank's shard
+    batches.held_out = held_out
+    return batches
+
+
+def split_held_out(images: np.ndarray, holdout: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training images, held-out images): the last ``holdout`` images stay out of training.
+
+    The cache holds every image either way, so turning ``holdout`` on or off rebuilds nothing.
+    """
+    if holdout and len(images) - holdout < batch_size:
+        raise DataError(f"holdout={holdout} leaves {len(images) - holdout} of {len(images)} images to train on, "
+                        f"fewer than one batch of {batch_size}; lower --holdout (a few hundred faces is plenty)")
+    return (images[:len(images) - holdout], images[len(images) - holdout:]) if holdout else (images, images[:0])

@@ -17,6 +17,10 @@ import torch
 from . import distributed as ddp
 from .config import Config
 
+#: Steps of a call after which its speed is measured (the first ones warm up), and at which a
+#: time-budgeted run fixes its length in steps (``RunClock.plan_steps``).
+HORIZON_WARMUP, HORIZON_STEPS = 20, 200
+
 
 class RunClock:
     """Training time (resumes included) against ``max_minutes``, and when to checkpoint next.
@@ -36,6 +40,7 @@ class RunClock:
         # spent on every rank alike: trained_seconds comes from the same checkpoint.
         self._time_up, self._due, self.stop_agreed = trained_seconds >= self.budget, False, False
         self._stop: ddp.StopRequest | None = None
+        self._warm: tuple[int, float] | None = None  # (step, time) where the speed measurement began
 
     def __enter__(self) -> RunClock:
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
@@ -68,6 +73,25 @@ class RunClock:
         """A checkpoint was just written: the next one is due an interval from now."""
         self.next_checkpoint = time.perf_counter() + self.interval
         self._due = False
+
+    def plan_steps(self, step: int, steps_this_call: int, total_steps: int) -> int | None:
+        """The step at which a time-budgeted run will end, from its measured speed; None until known.
+
+        A schedule (learning rate, instance noise) must end where the run ends.  Under
+        ``max_minutes`` that is where the clock runs out, which a step count cannot know in
+        advance, and a schedule read off the clock would differ on every resume.  So the run
+        measures its speed over steps ``HORIZON_WARMUP``..``HORIZON_STEPS`` of this call, fixes
+        its length in steps once, and keeps it in the checkpoint: from then on the schedule is a
+        function of the step alone, and a resumed run continues it bit for bit.  Under torchrun
+        rank 0's estimate is every rank's.
+        """
+        if steps_this_call == HORIZON_WARMUP:
+            self._warm = (step, time.perf_counter())
+        if steps_this_call != HORIZON_STEPS or self._warm is None or self.budget == math.inf:
+            return None
+        rate = (step - self._warm[0]) / max(time.perf_counter() - self._warm[1], 1e-9)
+        planned = min(total_steps, step + int(max(self.budget - self.seconds(), 0.0) * rate))
+        return ddp.gather(planned)[0]
 
     def agree(self, record: dict[str, float]) -> dict[str, float]:
         """At a logged step: the losses averaged over ranks, and the verdicts every rank will act on."""

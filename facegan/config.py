@@ -44,11 +44,16 @@ class Config:
     d_norm: str = "batch"  # batch | layer | spectral | none
     d_dropout: float = 0.0  # dropout probability after each of D's layers (the "improved" recipe)
     # --- losses and tricks
-    loss: str = "bce"  # bce | hinge | wgan-gp
-    real_label: tuple = (1.0, 1.0)  # D's target for real images, drawn from U(lo, hi)
+    loss: str = "bce"  # bce | hinge | wgan-gp | lsgan (least squares, Mao et al. 2017)
+    real_label: tuple = (1.0, 1.0)  # D's target for real images, drawn from U(lo, hi) (bce and lsgan)
     instance_noise: float = 0.0  # std of noise on D's inputs at step 0, decays linearly to 0
     gp_weight: float = 10.0  # lambda of the WGAN-GP gradient penalty
     n_critic: int = 1  # D steps per G step
+    r1_gamma: float = 0.0  # R1 penalty gamma/2 E|grad D(x)|^2 on real images (Mescheder et al. 2018); 0 = off
+    r1_every: int = 16  # lazy R1: the penalty on every k-th D step only, scaled by k (Karras et al. 2020)
+    ada_target: float = 0.0  # ADA: p of the diffaug ops steered so E[sign(D(real))] nears this; 0 = off, 0.6 typical
+    ada_kimg: float = 100.0  # ADA: thousands of images over which p can move from 0 to 1
+    holdout: int = 0  # real faces kept out of training, scored by D at logged steps (overfitting shows); 0 = off
     # --- optimisation
     lr_g: float = 2e-4  # generator learning rate
     lr_d: float = 2e-4  # discriminator learning rate (larger than lr_g is TTUR)
@@ -94,7 +99,7 @@ class Config:
             "arch": ("linear-stem", "dcgan"),
             "g_activation": ("relu", "leaky"),
             "d_norm": ("batch", "layer", "spectral", "none"),
-            "loss": ("bce", "hinge", "wgan-gp"),
+            "loss": ("bce", "hinge", "wgan-gp", "lsgan"),
             "d_optimizer": ("adam", "sgd"),
             "lr_schedule": ("constant", "linear", "cosine"),
             "device": ("auto", "cpu", "cuda", "mps"),
@@ -108,11 +113,12 @@ class Config:
         if self.arch == "linear-stem":
             if self.n_layers < 1 or self.image_size % (2**self.n_layers):
                 bad("n_layers", f"image_size {self.image_size} must be divisible by 2**n_layers")
-        for name in ("z_size", "g_conv_dim", "d_conv_dim", "batch_size", "n_critic", "n_samples", "log_every"):
+        for name in ("z_size", "g_conv_dim", "d_conv_dim", "batch_size", "n_critic", "n_samples", "log_every",
+                     "r1_every"):
             if getattr(self, name) < 1:
                 bad(name, "must be a positive integer")
         for name in ("epochs", "max_steps", "subset", "crop", "sample_every", "max_minutes", "checkpoint_minutes",
-                     "fid_every", "fid_samples"):
+                     "fid_every", "fid_samples", "r1_gamma", "holdout"):
             if getattr(self, name) < 0:
                 bad(name, "must be 0 or positive")
         if self.epochs == 0 and self.max_steps == 0:
@@ -128,6 +134,15 @@ class Config:
         if unknown_aug:
             bad("diffaug", f"unknown augmentation {sorted(unknown_aug)}; use a comma-separated subset of "
                 f"{','.join(AUGMENTATIONS)}, or '' for none")
+        if not 0 <= self.ada_target < 1:
+            bad("ada_target", "ADA's target for E[sign(D(real))] lies in (0, 1), 0.6 is typical; 0 turns ADA off")
+        if self.ada_target and not self.diffaug:
+            bad("ada_target", "ADA steers the probability of the diffaug ops, and none is set; add e.g. "
+                "--diffaug color,translation,cutout")
+        if not self.ada_kimg > 0:
+            bad("ada_kimg", "give the thousands of images for p to go from 0 to 1, e.g. 100")
+        if self.holdout and not self.fast_data:
+            bad("holdout", "the held-out faces come from the uint8 cache: drop --fast-data false, or use --holdout 0")
         if not 0 <= self.d_dropout < 1:
             bad("d_dropout", "dropout probability must lie in [0, 1)")
         lo, hi = self.real_label

@@ -173,6 +173,15 @@ def gather(obj) -> list:
     return out
 
 
+def sum_over_ranks(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``values`` summed over every rank (a collective); unchanged in one process."""
+    if not active():
+        return values
+    values = values.to(device)
+    dist.all_reduce(values)
+    return values.cpu()
+
+
 def agree(record: dict[str, float], flags: dict[str, bool], device: torch.device
           ) -> tuple[dict[str, float], dict[str, bool]]:
     """One all-reduce per logged step: the losses averaged over ranks, and each flag true

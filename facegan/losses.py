@@ -2,9 +2,10 @@
 
 D outputs raw scores.  For the original GAN game (``bce``) they are logits, and
 ``binary_cross_entropy_with_logits`` fuses the sigmoid with the log, which is
-numerically stable where sigmoid-then-BCELoss underflows.  The hinge and
-Wasserstein games use the raw scores directly.  ``LOSSES`` maps each
-``Config.loss`` to its pair of D and G losses; ``train_step`` looks them up there.
+numerically stable where sigmoid-then-BCELoss underflows.  The hinge, least-squares and
+Wasserstein games use the raw scores directly.  ``LOSSES`` maps each ``Config.loss`` to
+its pair of D and G losses; ``train_step`` looks them up there.  Two penalties on D's
+gradients keep it smooth: WGAN-GP's on interpolates, and R1's on real images.
 """
 from __future__ import annotations
 
@@ -68,6 +69,28 @@ def hinge_g_loss(fake_out: torch.Tensor) -> torch.Tensor:
     return -fake_out.mean()
 
 
+def _real_targets(D_out: torch.Tensor, real_label: tuple[float, float]) -> torch.Tensor | float:
+    lo, hi = real_label
+    return torch.rand_like(D_out) * (hi - lo) + lo if lo != hi else lo
+
+
+def lsgan_d_loss(real_out: torch.Tensor, fake_out: torch.Tensor,
+                 real_label: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+    """Least-squares D loss (LSGAN, Mao et al. 2017):  1/2 mean((D(x) - b)^2) + 1/2 mean(D(G(z))^2).
+
+    D regresses its raw score to b = 1 (or ``real_label``) on reals and to 0 on fakes.
+    Unlike the sigmoid's log loss, a squared error keeps pulling on fakes that D already
+    scores on the right side but far from the reals, so G's gradient does not vanish
+    when D wins, the failure that ends long BCE runs.
+    """
+    return 0.5 * (real_out - _real_targets(real_out, real_label)).square().mean() + 0.5 * fake_out.square().mean()
+
+
+def lsgan_g_loss(fake_out: torch.Tensor) -> torch.Tensor:
+    """Least-squares G loss:  1/2 mean((D(G(z)) - 1)^2): G pulls its fakes' scores to the real target."""
+    return 0.5 * (fake_out - 1).square().mean()
+
+
 def wasserstein_d_loss(real_out: torch.Tensor, fake_out: torch.Tensor, real_label=None) -> torch.Tensor:
     """Critic loss:  mean(D(G(z))) - mean(D(x)), the negated estimate of the Wasserstein-1
     distance (valid when D is 1-Lipschitz, which the gradient penalty encourages)."""
@@ -95,10 +118,30 @@ def gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor,
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
+def r1_penalty(real_out: torch.Tensor, real_in: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018):  mean over reals of ||grad_x D(x)||^2; D's loss adds gamma/2 of it.
+
+    It penalises D's slope on the real images only, so D cannot carve a steep cliff around
+    the training faces: near the data its scores stay flat and G's gradients stay useful.
+    ``real_in`` is the batch D scored (``real_out``), made a leaf that requires grad; the
+    gradient is taken with ``create_graph`` so that D's backward pass also minimises it.
+    Lazy regularisation (Karras et al. 2020) adds it only every k-th D step, times k: the
+    same expected penalty for about 1/k of its cost.
+    """
+    (grad,) = torch.autograd.grad(real_out.float().sum(), real_in, create_graph=True)
+    return grad.float().square().flatten(1).sum(1).mean()
+
+
 #: Config.loss -> (D's loss(real_out, fake_out, real_label), G's loss(fake_out)).  ``real_label``
-#: only matters for BCE; the hinge and Wasserstein losses take it and ignore it.
+#: only matters for BCE and least squares; the hinge and Wasserstein losses take it and ignore it.
 LOSSES: dict[str, tuple[Callable[..., torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]] = {
     "bce": (bce_d_loss, bce_g_loss),
     "hinge": (hinge_d_loss, hinge_g_loss),
     "wgan-gp": (wasserstein_d_loss, wasserstein_g_loss),
+    "lsgan": (lsgan_d_loss, lsgan_g_loss),
 }
+
+#: Config.loss -> the raw score that splits "real" from "fake", for ADA's r_t = E[sign(D(x) - centre)]:
+#: a logit of 0 (BCE), the hinge's 0, and halfway between least squares' targets 0 and 1.  The
+#: Wasserstein critic has no fixed centre: ADA uses the mean score of the batch's fakes there.
+DECISION_CENTRE: dict[str, float | None] = {"bce": 0.0, "hinge": 0.0, "lsgan": 0.5, "wgan-gp": None}

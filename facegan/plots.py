@@ -46,7 +46,11 @@ def show_images(images: torch.Tensor, nrow: int = 8, title: str | None = None, s
 
 
 def plot_losses(history: dict):
-    """Loss curves of D and G, and the mean scores D gives to real and fake images."""
+    """Loss curves of D and G, and the mean scores D gives to real and fake images.
+
+    With ``Config.holdout`` the second panel also shows D's score on held-out real faces beside
+    its score on fixed training faces; with ADA, the augmentation probability p.
+    """
     import matplotlib.pyplot as plt
 
     with_fid = bool(history.get("fid"))
@@ -62,8 +66,15 @@ def plot_losses(history: dict):
     ax1.legend()
     ax2.plot(steps, history["d_real"], label="D(x), real")
     ax2.plot(steps, history["d_fake"], label="D(G(z)), fake")
+    if history.get("d_holdout"):  # Config.holdout: when these two part, D is memorising its training faces
+        ax2.plot(steps, history["d_real_fixed"], ":", color="C0", label="D(x), fixed training faces")
+        ax2.plot(steps, history["d_holdout"], "--", color="C3", label="D(x), held-out faces")
     ax2.set(xlabel="step", ylabel="mean D output", title="What D thinks")
-    ax2.legend()
+    ax2.legend(fontsize=8)
+    if history.get("ada_p"):  # adaptive augmentation's probability, on its own scale
+        twin = ax2.twinx()
+        twin.plot(steps, history["ada_p"], color="C4", alpha=0.6)
+        twin.set_ylabel("ADA p", color="C4")
     fig.tight_layout()
     return fig
 

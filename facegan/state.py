@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .augment import AdaState
 from .config import Config
 from .device import pick_device, seed_everything
 from .models import build_models, sample_latent
@@ -45,6 +46,8 @@ class TrainState:
     steps_per_epoch: int
     fixed_z: torch.Tensor  # the latents of every sample grid, so grids show the same faces over training
     ema: torch.optim.swa_utils.AveragedModel | None = None
+    ada: AdaState | None = None  # adaptive augmentation's probability and statistics (Config.ada_target)
+    horizon_fixed: bool = False  # a time-budgeted run has fixed total_steps from its speed (RunClock.horizon)
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
@@ -116,4 +119,5 @@ def make_state(cfg: Config, steps_per_epoch: int, device: torch.device | str | N
         total = min(total, cfg.max_steps)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     fixed_z = sample_latent(cfg.n_samples, cfg, generator=g).to(device)
-    return TrainState(cfg, D, G, d_opt, g_opt, device, total, steps_per_epoch, fixed_z, ema)
+    ada = AdaState(cfg.ada_target, cfg.ada_kimg) if cfg.ada_target else None
+    return TrainState(cfg, D, G, d_opt, g_opt, device, total, steps_per_epoch, fixed_z, ema, ada)

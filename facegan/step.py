@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from . import distributed as ddp
 from .augment import diff_augment
 from .device import autocast
-from .losses import LOSSES, gradient_penalty
+from .losses import DECISION_CENTRE, LOSSES, gradient_penalty, r1_penalty
 from .models import sample_latent
 from .state import TrainState, bare
 from .updates import lr_factor
@@ -24,7 +25,8 @@ def _d_input(state: TrainState, x: torch.Tensor) -> torch.Tensor:
     so D cannot separate them perfectly; its std anneals linearly to zero.
     """
     cfg = state.config
-    x = diff_augment(x, cfg.diffaug) if cfg.diffaug else x  # facegan/augment.py
+    if cfg.diffaug:  # facegan/augment.py; with ADA each op applies with the adapted probability p
+        x = diff_augment(x, cfg.diffaug, state.ada.p if state.ada is not None else 1.0)
     sigma = cfg.instance_noise * max(0.0, 1.0 - state.step / max(state.total_steps, 1))
     return x + sigma * torch.randn_like(x) if sigma > 0 else x
 
@@ -49,14 +51,23 @@ def train_step(state: TrainState, real: torch.Tensor) -> dict[str, torch.Tensor]
 
     # Discriminator: real and fake scored in separate calls (BatchNorm statistics of each alone).
     state.d_opt.zero_grad(set_to_none=True)
+    r1_due = cfg.r1_gamma > 0 and state.step % cfg.r1_every == 0  # lazy R1: every r1_every-th D step
     with autocast(cfg, state.device):
-        d_real = D(_d_input(state, real))
+        real_in = _d_input(state, real)
+        if r1_due:  # the penalty needs D's gradient with respect to the very images it scored
+            real_in = real_in.detach().requires_grad_(True)
+        d_real = D(real_in)
         d_fake = D(_d_input(state, fake.detach()))
         d_loss = d_loss_fn(d_real.float(), d_fake.float(), cfg.real_label)
     if cfg.loss == "wgan-gp":
         d_loss = d_loss + cfg.gp_weight * gradient_penalty(D, real, fake.detach().float())
-    d_loss.backward()
+    penalty = r1_penalty(d_real, real_in) if r1_due else None
+    (d_loss if penalty is None else d_loss + (cfg.r1_gamma / 2 * cfg.r1_every) * penalty).backward()
     state.d_opt.step()
+    if state.ada is not None:
+        centre = DECISION_CENTRE[cfg.loss]
+        state.ada.observe(d_real, d_fake.detach().float().mean() if centre is None else centre)
+        state.ada.adjust(lambda t: ddp.sum_over_ranks(t, state.device))
 
     # Generator: through D, whose weights are frozen (their gradients would be thrown away).
     if g_turn:
@@ -79,6 +90,10 @@ def train_step(state: TrainState, real: torch.Tensor) -> dict[str, torch.Tensor]
     to_score = torch.sigmoid if cfg.loss == "bce" else (lambda t: t)
     metrics = {"d_loss": d_loss.detach(), "d_real": to_score(d_real.detach().float()).mean(),
                "d_fake": to_score(d_fake.detach().float()).mean()}
+    if penalty is not None:  # logged apart from d_loss, which would otherwise spike every r1_every steps
+        metrics["r1"] = penalty.detach()
+    if state.ada is not None:
+        metrics["ada_p"] = torch.tensor(state.ada.p)
     if g_turn:  # a critic-only step (n_critic > 1) has no G loss: a 0 here would drag the logged mean down
         metrics["g_loss"] = g_loss.detach()
     return metrics

@@ -1,0 +1,112 @@
+"""The 64x64 stabiliser search: runs side by side, one thread each, then FID-1000@64.
+
+    python bench/search64.py train --steps 2000 --parallel 2      # every run, two at a time
+    python bench/search64.py train --only lsgan r1_1               # some of them
+    python bench/search64.py score --n 1000                        # FID/KID of each finished run, a table
+
+Each run is ``python helpers.py train`` with the flags below, in ``runs/search64/NAME``, with
+``OMP_NUM_THREADS=1``.  The budget is a number of steps, not of minutes: on a shared 2-core
+machine a run's speed depends on what else runs, and a budget of steps keeps the comparison
+fair whatever the load.  2,000 steps (128k images) is what ``fast64`` trains in 25 minutes of
+one uncontended AVX2 thread in fp32.  A run whose step costs more (``COST``, measured with
+``python helpers.py bench --presets``) gets proportionally fewer steps, so every run has the
+same compute; the cost of R1 and ADA (a few per cent) is reported apart.  Every run keeps 256
+faces out of training and logs D's score on them beside its score on 256 training faces
+(``--holdout``), so the table also shows whether D had started to memorise the training set.
+A stopped search continues where it stopped: rerun the same command.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: Step cost against fast64's, for runs that get fewer steps in the same compute (full width: ~4x the FLOPs).
+COST = {"hinge_fast": 4.0}
+
+COMMON = ["--holdout", "256", "--log-every", "50", "--keep-generators", "true", "--checkpoint-minutes", "5"]
+
+#: name -> (what it tries, the flags on top of COMMON)
+RUNS: dict[str, tuple[str, list[str]]] = {
+    "fast64": ("the preset as it ships (BCE, labels 0.9)", ["--preset", "fast64"]),
+    "lsgan": ("least squares at fast64's settings, targets 0/1 (MMGeneration's LSGAN)",
+              ["--preset", "fast64", "--loss", "lsgan", "--real-label", "1,1"]),
+    "r1_1": ("fast64 + lazy R1, gamma 1", ["--preset", "fast64", "--r1-gamma", "1"]),
+    "ada": ("fast64 + ADA (color, translation, cutout; target 0.6)",
+            ["--preset", "fast64", "--diffaug", "color,translation,cutout", "--ada-target", "0.6"]),
+    "linear": ("fast64 with the rate decaying linearly to 0 at the end of the budget",
+               ["--preset", "fast64", "--lr-schedule", "linear"]),
+    "r1_10": ("fast64 + lazy R1, gamma 10", ["--preset", "fast64", "--r1-gamma", "10"]),
+    "r1_0.1": ("fast64 + lazy R1, gamma 0.1, every 16 D steps", ["--preset", "fast64", "--r1-gamma", "0.1"]),
+    "hinge_fast": ("hinge_sn64 at full width with fast64's Adam 1e-3 (0.5, 0.99) and EMA",
+                   ["--preset", "hinge_sn64", "--lr-g", "1e-3", "--lr-d", "1e-3", "--beta1", "0.5",
+                    "--beta2", "0.99", "--ema-decay", "0.999"]),
+}
+
+
+def train_runs(names: list[str], steps: int, parallel: int, out: Path) -> None:
+    """Launch the runs, ``parallel`` at a time, each on one thread; wait for all."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    pending, running = list(names), []
+    while pending or running:
+        running = [(n, p) for n, p in running if p.poll() is None]
+        while pending and len(running) < parallel:
+            name = pending.pop(0)
+            folder = out / name
+            folder.mkdir(parents=True, exist_ok=True)
+            resume = ["--resume"] if (folder / "checkpoint.pt").is_file() else []
+            budget = round(steps / COST.get(name, 1.0))
+            cmd = [sys.executable, str(ROOT / "helpers.py"), "train", *RUNS[name][1], *COMMON,
+                   "--epochs", "100", "--max-minutes", "0", "--max-steps", str(budget), "--out", str(folder), *resume]
+            log = open(folder / "train.log", "a")
+            print(f"{time.strftime('%H:%M:%S')} start {name}: {' '.join(cmd[1:])}", flush=True)
+            running.append((name, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
+        time.sleep(5)
+    print(f"{time.strftime('%H:%M:%S')} all runs done", flush=True)
+
+
+def score_runs(names: list[str], n: int, out: Path) -> None:
+    """FID-n and KID of each finished run's (EMA) generator, and its held-out D scores: a table."""
+    from facegan.checkpoint import load_generator, read_checkpoint
+    from facegan.evaluation import evaluate_generator, inception_extractor
+
+    extractor = inception_extractor()
+    print(f"| run | steps | images | FID-{n}@64 | KID | D(x) train / held-out (last) | what it tries |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        path = out / name / "checkpoint.pt"
+        if not path.is_file():
+            continue
+        ckpt = read_checkpoint(path)
+        cfg, h = ckpt["config"], ckpt["history"]
+        G, _ = load_generator(path)
+        result = evaluate_generator(G, cfg, n, extractor=extractor)
+        held = (f"{h['d_real_fixed'][-1]:.2f} / {h['d_holdout'][-1]:.2f}" if h.get("d_holdout") else "")
+        print(f"| `{name}` | {ckpt['step']:,} | {ckpt['step'] * cfg.batch_size / 1e6:.2f} M | {result['fid']:.1f} | "
+              f"{result['kid']:.4f} | {held} | {RUNS[name][0]} |", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["train", "score"], help="train the runs, or score the finished ones")
+    parser.add_argument("--only", nargs="+", choices=list(RUNS), default=list(RUNS), help="which runs")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps per run (fewer for costlier steps)")
+    parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--n", type=int, default=1000, help="FID sample count (and real faces)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "search64", help="folder of the runs")
+    args = parser.parse_args()
+    if args.action == "train":
+        train_runs(args.only, args.steps, args.parallel, args.out)
+    else:
+        score_runs(args.only, args.n, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
