@@ -22,6 +22,7 @@ run on the learner's code are ``problem_unittests.py``, which re-exports them fr
                               train, TrainResult, make_progress_gif           facegan/train.py
                               TrainState, make_state                          facegan/state.py
                               train_step                                      facegan/step.py
+                              LiveView (the loop's faces and curves, live)    facegan/live.py
     7-8. Curves and samples   plot_losses, show_images, show_samples_over_training,
                               save_progress_gif                               facegan/plots.py
                               generate                                        facegan/sampling.py
@@ -37,7 +38,7 @@ It is also the command line, the same as ``python -m facegan``::
     python helpers.py train --preset small32 --epochs 5 --out runs/small32
     python helpers.py train --dry-run                  # a few steps, for CI
     python helpers.py train --out runs/small32 --resume
-    python helpers.py sample|fid|bench|exercise|notebook|serve|export --help
+    python helpers.py sample|fid|bench|exercise|notebook|serve|export|runs --help
 """
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ from facegan.data import (
 from facegan.device import pick_device
 from facegan.evaluation import evaluate_generator, nearest_real_faces
 from facegan.export import load_generator
+from facegan.live import LiveView
 
 # 5. Losses
 from facegan.losses import (
@@ -113,7 +115,7 @@ __all__ = [
     "wasserstein_d_loss", "wasserstein_g_loss",
     # 6. optimisers and steps
     "TrainState", "discriminator_step", "generator_step", "make_optimizers", "make_state", "pick_device",
-    "train_step",
+    "train_step", "LiveView",
     # 7. training
     "PRESETS", "Config", "TrainResult", "in_ci", "make_config", "train",
     # 8. results

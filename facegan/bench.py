@@ -110,7 +110,8 @@ def _project_pipeline(cfg: Config, dev: torch.device, compile_mode: str):
 
 
 def _bench_worker(preset: str, pipeline: str, steps: int, warmup: int, subset: int, device: str, queue,
-                  batch_size: int = 0, compile_mode: str = "", image_size: int = 0) -> None:
+                  batch_size: int = 0, compile_mode: str = "", image_size: int = 0,
+                  overrides: dict | None = None) -> None:
     """Runs in a fresh process, so that its peak memory is its own.
 
     ``pipeline``: "classic", "fast" (the preset's own settings), "fast-fp32" or "fast-bf16".
@@ -124,7 +125,7 @@ def _bench_worker(preset: str, pipeline: str, steps: int, warmup: int, subset: i
     torch.manual_seed(0)
     dev = torch.device(device)
     sizes = {**({"batch_size": batch_size} if batch_size else {}), **({"image_size": image_size} if image_size else {})}
-    cfg = make_config(preset, subset=subset, device=device, **sizes)
+    cfg = make_config(preset, subset=subset, device=device, **sizes, **(overrides or {}))
     if pipeline == "classic":
         cfg = cfg.replace(channels_last=False, fused_adam=False, amp=False)
         stream, run = _classic_pipeline(cfg, dev, subset)
@@ -241,6 +242,32 @@ def preset_speeds(quick: bool = False, device: str | None = None) -> list[dict]:
         r = _run_worker(ctx, preset, "fast", steps, 2, 4096 if quick else 0, str(dev))
         rows.append({"preset": preset, "d_params": count_parameters(D), "g_params": count_parameters(G), **r})
         print(f"{preset:<12} {rows[-1]['d_params']:>10,} {rows[-1]['g_params']:>10,} {r['img_s']:>8.0f}", flush=True)
+    rows += stabiliser_speeds(ctx, dev, quick)
+    return rows
+
+
+#: What each stabiliser adds to fast64's step, as (label, Config overrides).  DiffAugment at p = 1 is
+#: ADA's ceiling: ADA applies the same ops to a share p of the images.
+STABILISERS = [("fast64", {}), ("+ lsgan", {"loss": "lsgan"}), ("+ R1 lazy/16", {"r1_gamma": 1.0}),
+               ("+ R1 every step", {"r1_gamma": 1.0, "r1_every": 1}),
+               ("+ ADA p=0", {"diffaug": "color,translation,cutout", "ada_target": 0.6}),
+               ("+ diffaug p=1", {"diffaug": "color,translation,cutout"})]
+
+
+def stabiliser_speeds(ctx, dev: torch.device, quick: bool = False) -> list[dict]:
+    """fast64's img/s with each stabiliser, each beside the plain preset measured in the same run.
+
+    32 timed steps, so that lazy R1 (every 16th D step) is due twice; the ratio to the plain
+    step is the figure to read, since a shared machine's absolute speed drifts.
+    """
+    print(f"\n{'fast64 with':<18} {'img/s':>8} {'vs fast64':>10}")
+    rows, base = [], None
+    for label, overrides in STABILISERS:
+        r = _run_worker(ctx, "fast64", "fast", 16 if quick else 32, 2, 4096 if quick else 0, str(dev),
+                        overrides=overrides)
+        base = base or r.get("img_s")
+        rows.append({"preset": f"fast64 {label}" if label != "fast64" else label, **r})
+        print(f"{label:<18} {r['img_s']:>8.0f} {r['img_s'] / base:>9.0%}", flush=True)
     return rows
 
 

@@ -14,6 +14,7 @@ anything on your machine; here such a file is refused with ``CheckpointError``.
 """
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
 import random
@@ -94,10 +95,55 @@ def save_checkpoint(state: TrainState, path: str | Path, keep_previous: bool = T
         "steps_per_epoch": state.steps_per_epoch,  # a resume must see the same epochs (batch size, data)
         "history": state.history, "fixed_z": state.fixed_z.cpu(),
         "rng": rngs[0], "world_size": len(rngs),  # a resume must use the same number of processes
+        "ada": state.ada.state_dict() if state.ada is not None else None,
+        # A time-budgeted run's length in steps, once fixed (RunClock.plan_steps), and the limits it was fixed for.
+        "horizon": {"steps": state.total_steps, "for": _limits(state.config)} if state.horizon_fixed else None,
     }
     if len(rngs) > 1:
         ckpt["rng_per_rank"] = rngs  # each rank resumes its own latents and noise
     return _atomic_save(ckpt, Path(path), keep_previous)
+
+
+#: What a generator path may be, for the one-line refusal of anything else.
+EXPECTED = ("expected a run's checkpoint.pt, an exported generator .pt or a model folder "
+            "(model.safetensors + config.json)")
+#: The first bytes of files that are certainly not torch.save output, and what to call them.
+OTHER_FORMATS = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+                 b"{": "a JSON file", b"\x08\x01\x12": "an ONNX model"}
+
+
+def not_a_torch_file(path: Path) -> str | None:
+    """What ``path`` is when its first bytes show that ``torch.save`` did not write it; None if it may have.
+
+    torch.load reports any other file (a README, a PNG) as an unsafe pickle, in six lines that
+    suggest ``weights_only=False``: the wrong advice for a wrong path.  torch.save writes a zip
+    holding ``data.pkl`` (PyTorch >= 1.6) or, earlier, a pickle (first byte 0x80).  A zip too
+    damaged to list is left to torch.load, whose failure reads as a truncated checkpoint.
+    """
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head or head[:1] == b"\x80":
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return None
+        return None if any(n.rpartition("/")[2] == "data.pkl" for n in names) else "a zip archive"
+    if len(head) >= 10 and head[8:10] == b'{"' and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "a safetensors file"
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut at byte 16 is not an error
+        text = b"\x00" not in head
+    except UnicodeDecodeError:
+        text = False
+    return next((kind for magic, kind in OTHER_FORMATS.items() if head.startswith(magic)),
+                "a text file" if text else "a binary file of another kind")
+
+
+def _limits(cfg: Config) -> list:
+    return [cfg.epochs, cfg.max_steps, cfg.max_minutes]
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -105,6 +151,11 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: train first (or check the path)")
+    kind = not_a_torch_file(path)
+    if kind is not None:
+        in_folder = all((path.parent / name).is_file() for name in ("model.safetensors", "config.json"))
+        raise CheckpointError(f"{path} is {kind}, not a checkpoint: "
+                              + (f"pass its model folder, {path.parent}" if in_folder else EXPECTED))
     try:
         # Checkpoints written before safe loading kept NumPy's random state as an array: allow
         # exactly the NumPy pieces that rebuild a plain array, nothing that can run code.
@@ -205,6 +256,11 @@ def load_checkpoint(checkpoint: str | Path | dict, state: TrainState | None = No
     state.step, state.epoch, state.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
     state.history = ckpt["history"]  # (checkpoints before sample grids became PNG files also hold "samples")
     state.fixed_z = ckpt["fixed_z"].to(state.device)
+    if state.ada is not None and ckpt.get("ada") is not None:
+        state.ada.load_state_dict(ckpt["ada"])
+    horizon = ckpt.get("horizon")
+    if horizon and horizon["for"] == _limits(state.config):  # new limits (training longer): plan again
+        state.total_steps, state.horizon_fixed = horizon["steps"], True
     per_rank = ckpt.get("rng_per_rank")  # distributed runs: each rank takes back its own stream
     _set_rng_states(per_rank[ddp.rank()] if per_rank and ddp.active() else ckpt["rng"])
     return state

@@ -4,10 +4,12 @@
     sample    write generated (or the FID reference) faces as PNG files
     fid       FID and KID of a generator
     bench     training speed, classic pipeline against this project's
-    exercise  regenerate the classroom exercise notebook
+    exercise  regenerate the classroom exercise notebook and its nbgrader assignment
+    grade     grade a class's submitted notebooks: a gradebook CSV and an HTML report
     notebook  execute the notebook in full mode and save its outputs (what GitHub shows)
     serve     faces over HTTP, with a gallery page
     export    a model folder to share: safetensors weights, config.json, a model card, ONNX
+    runs      a table of the runs under a folder (--plot: their FID curves in one figure)
 
 Expected problems (missing data, a corrupt image or checkpoint, a bad value) print one
 or two lines saying what is wrong and how to fix it, and exit with status 2; ``--debug``
@@ -28,6 +30,8 @@ from .data import DataError, resolve_image_dir
 from .device import pick_device, training_precision
 from .export import add_arguments as add_export_arguments
 from .export import load_generator
+from .runs import add_arguments as add_runs_arguments
+from .runs import run_from_args as cmd_runs
 from .serve import add_arguments as add_serve_arguments
 from .serve import run_from_args as cmd_serve
 from .train import TrainingDiverged, train
@@ -184,6 +188,19 @@ def cmd_exercise(args: argparse.Namespace) -> int:
     out = args.out or PROJECT_ROOT / ("face_generation_exercise_no_hints.ipynb" if args.no_hints
                                       else "face_generation_exercise.ipynb")
     print(f"wrote {make_exercise_notebook(args.solution, out, hints=not args.no_hints)}")
+    if args.out is None and not args.no_hints:  # the committed exercise: its nbgrader assignment goes with it
+        from .classroom import make_classroom_notebook
+
+        print(f"wrote {make_classroom_notebook(args.solution)} (the nbgrader assignment)")
+    return 0
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    from .grade import Limits, grade_class
+
+    limits = Limits(args.timeout, args.part_seconds, args.memory_gb, args.steps, args.threads)
+    rows = grade_class(args.submissions, args.out, limits)
+    print(f"graded {len(rows)} submissions: {Path(args.out) / 'gradebook.csv'} and {Path(args.out) / 'report.html'}")
     return 0
 
 
@@ -227,13 +244,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_fid)
 
     p = sub.add_parser("exercise", parents=[common],
-                       help="regenerate face_generation_exercise.ipynb from the solution notebook",
+                       help="regenerate face_generation_exercise.ipynb (and the nbgrader assignment in "
+                            "classroom/source/) from the solution notebook",
                        formatter_class=show_defaults)
     p.add_argument("--solution", default=str(PROJECT_ROOT / "face_generation.ipynb"), help="the solution notebook")
     p.add_argument("--out", default=None, help="where to write (default face_generation_exercise.ipynb, or "
                    "face_generation_exercise_no_hints.ipynb with --no-hints)")
     p.add_argument("--no-hints", action="store_true", help="leave out the graded hints under each exercise cell")
     p.set_defaults(handler=cmd_exercise)
+
+    p = sub.add_parser("grade", parents=[common], formatter_class=show_defaults,
+                       help="grade submitted exercise notebooks: a gradebook CSV and an HTML report with their faces")
+    p.add_argument("submissions", nargs="+", help="notebooks, or folders searched for *.ipynb")
+    p.add_argument("--out", default="grades", help="folder for gradebook.csv, report.html and the scratch folders")
+    p.add_argument("--timeout", type=int, default=300, help="seconds one submission may take in all")
+    p.add_argument("--part-seconds", type=int, default=60, help="seconds one part's cell (or its checks) may take")
+    p.add_argument("--memory-gb", type=float, default=8.0, help="address space one submission may use")
+    p.add_argument("--steps", type=int, default=100, help="training steps of the learner's D and G (batch 64)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads per submission")
+    p.set_defaults(handler=cmd_grade)
 
     p = sub.add_parser("notebook", parents=[common], formatter_class=show_defaults,
                        help="execute face_generation.ipynb in full mode and save its outputs (what GitHub shows)")
@@ -262,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "config.json, a model card, samples (and ONNX)")
     add_export_arguments(p)
     p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("runs", parents=[common], help="a table of the runs under a folder: preset, steps, images "
+                       "seen, minutes, last FID, state (--plot: their FID curves in one figure)")
+    add_runs_arguments(p)
+    p.set_defaults(handler=cmd_runs)
     return parser
 
 

@@ -30,7 +30,9 @@ from .config import Config
 from .data import DataError, resolve_image_dir
 from .device import pick_device
 from .evaluation import evaluate_generator, inception_extractor
+from .holdout import HeldOutView
 from .plots import grid_path, plot_losses, read_grids, save_grid, save_progress_gif
+from .runlog import RunLog, learning_rates, mark_diverged
 from .sampling import generate, to_uint8
 from .state import TrainState, make_state
 from .step import train_step
@@ -73,7 +75,7 @@ class TrainResult:
 def train(cfg: Config, out_dir: str | Path | None = None, resume: bool | dict = False,
           batches: CachedBatches | LoaderBatches | None = None, progress: bool = True,
           models: tuple[nn.Module, nn.Module] | None = None) -> TrainResult:
-    """Train a GAN; checkpoints, sample grids (``samples/``) and the loss plot go to ``out_dir``.
+    """Train a GAN; checkpoints, sample grids (``samples/``), the loss plot and TensorBoard events go to ``out_dir``.
 
     cfg       every setting of the run (``make_config(preset, **overrides)``).
     out_dir   the run folder; None keeps everything in memory (grids in ``result.grids``).
@@ -93,6 +95,9 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool | dict = 
     saver, result = Checkpointer(out, state.step), TrainResult(state, out)
     meter, extractor = _Meter(), None  # the Inception network loads at the first FID measurement
     last_grid = -1  # the step of this call's latest grid
+    log = RunLog(out, cfg, state.step)  # TensorBoard event files in the run folder (facegan/runlog.py)
+    held_out = _held_out_view(state, batches)  # D's scores on faces it never trains on (Config.holdout)
+    plan = cfg.max_minutes > 0 and (cfg.lr_schedule != "constant" or cfg.instance_noise > 0)
 
     with RunClock(cfg, _trained_seconds(state), device) as clock, _Progress(state, clock, progress) as bar:
         try:
@@ -100,6 +105,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool | dict = 
                 for real in batches.epoch(state.epoch, start=state.batch_in_epoch):
                     # Execute one training step and accumulate its metrics.
                     meter.add(train_step(state, real), real.size(0) * ddp.world_size())
+                    if plan and not state.horizon_fixed:  # a schedule over the time budget: fix its end in steps
+                        _plan_horizon(state, clock, meter.steps)
                     state.batch_in_epoch += 1
                     epoch_end = state.batch_in_epoch == len(batches)
                     if epoch_end:
@@ -108,17 +115,14 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool | dict = 
                     # Perform maintenance tasks at logged steps, sample points and epoch ends.
                     logged = (state.step % cfg.log_every == 0 or state.step == state.total_steps
                               or not clock.distributed and clock.out_of_time())  # the budget's last step
-                    if logged:
-                        record = clock.agree(meter.mean())  # distributed: averaged over ranks, verdicts agreed
-                        _stop_if_diverged(state, record, saver)
-                        _append_history(state, record, clock.seconds())
-                        bar.show(record, meter.images / clock.elapsed())
+                    if logged:  # history, NaN stop, progress bar, TensorBoard
+                        _log_step(state, meter, held_out, clock, saver, bar, log)
                     if ddp.is_main() and cfg.fid_every and state.step % cfg.fid_every == 0:
                         extractor = extractor or inception_extractor(device=device)
-                        _record_fid(state, extractor, folder)
+                        _record_fid(state, extractor, folder, log)
                     grid_due = state.step % cfg.sample_every == 0 if cfg.sample_every else epoch_end
                     if grid_due:
-                        last_grid = _save_grid(state, result)
+                        last_grid = _save_grid(state, result, log)
                     if epoch_end or logged and clock.checkpoint_due():
                         _save(state, saver, clock, full=epoch_end)
                     if clock.should_stop():  # SIGTERM or Ctrl-C, at a step boundary (distributed: agreed)
@@ -135,11 +139,12 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool | dict = 
         _say_how_to_resume(state, out, saver)
     elif meter.steps:
         if last_grid != state.step:
-            _save_grid(state, result)
+            _save_grid(state, result, log)
         if saver.step != state.step:  # stopped mid-epoch (max_steps, max_minutes)
             _save(state, saver, None, full=True)
         if out and ddp.is_main():
             make_progress_gif(out, cfg.image_size)
+    log.close()
     return result
 
 
@@ -255,6 +260,34 @@ def _restore(state: TrainState, out: Path | None, resume: bool | dict) -> None:
         print(f"resumed from {path} at step {state.step} (epoch {state.epoch})")
 
 
+def _plan_horizon(state: TrainState, clock: RunClock, steps_this_call: int) -> None:
+    """Fix a time-budgeted run's length in steps once its speed is known (``RunClock.plan_steps``)."""
+    planned = clock.plan_steps(state.step, steps_this_call, state.total_steps)
+    if planned is not None:
+        state.total_steps, state.horizon_fixed = max(planned, state.step), True
+
+
+def _log_step(state: TrainState, meter: _Meter, held_out: HeldOutView | None, clock: RunClock,
+              saver: Checkpointer, bar: _Progress, log: RunLog) -> None:
+    """At a logged step: the window's means (and D's held-out view), agreed by every rank, into the
+    history, the NaN check, the progress bar and TensorBoard."""
+    record = meter.mean()
+    if held_out is not None:
+        record.update(held_out.scores(state))
+    record = clock.agree(record)  # distributed: averaged over ranks, verdicts agreed
+    _stop_if_diverged(state, record, saver)
+    _append_history(state, record, clock.seconds())
+    bar.show(record, meter.images / clock.elapsed())
+    log.scalars(state.step, record, learning_rates(state), meter.images / clock.elapsed())
+
+
+def _held_out_view(state: TrainState, batches) -> HeldOutView | None:
+    held = getattr(batches, "held_out", None)
+    if not state.config.holdout or held is None or not len(held):
+        return None
+    return HeldOutView(held, batches.images, state.device, state.config.channels_last)
+
+
 def _trained_seconds(state: TrainState) -> float:
     return state.history["seconds"][-1] if state.history["seconds"] else 0.0
 
@@ -269,30 +302,44 @@ def _stop_if_diverged(state: TrainState, record: dict[str, float], saver: Checkp
     if problem:
         kept = (f"; the last good checkpoint (step {saver.step}) is kept"
                 if saver.out and (saver.out / CHECKPOINT).is_file() else "")
-        raise TrainingDiverged(f"training diverged at step {state.step}: {problem}{kept}. "
-                               "Lower the learning rates, or try --amp false")
+        message = (f"training diverged at step {state.step}: {problem}{kept}. "
+                   "Lower the learning rates, or try --amp false")
+        mark_diverged(saver.out, state.step, message)
+        raise TrainingDiverged(message)
+
+
+#: The per-step figures a history may hold: the losses and scores, and the stabilisers' own.
+STEP_METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "r1", "ada_p", "d_holdout", "d_real_fixed")
 
 
 def _append_history(state: TrainState, record: dict[str, float], seconds: float) -> None:
-    for k in ("d_loss", "g_loss", "d_real", "d_fake"):  # NaN: not measured yet (no G step before this log)
-        state.history[k].append(record.get(k, math.nan))
-    state.history["step"].append(state.step)
-    state.history["epoch"].append(state.epoch)
-    state.history["seconds"].append(seconds)  # training time, resumes included
+    history, n = state.history, len(state.history["step"])
+    for k in STEP_METRICS:
+        if k in record or k in history:
+            column = history.setdefault(k, [math.nan] * n)
+            # A figure no step of this window reported (R1 on lazy steps, G's loss on critic-only steps,
+            # the first window after a resume) keeps its last logged value, as _Meter does within a call;
+            # NaN until there is one.
+            column.append(record.get(k, column[-1] if column else math.nan))
+    history["step"].append(state.step)
+    history["epoch"].append(state.epoch)
+    history["seconds"].append(seconds)  # training time, resumes included
 
 
-def _record_fid(state: TrainState, extractor: nn.Module, folder: Path | None) -> None:
+def _record_fid(state: TrainState, extractor: nn.Module, folder: Path | None, log: RunLog) -> None:
     score = evaluate_generator(state.sampler, state.config, state.config.fid_samples, extractor=extractor,
                                folder=folder)
     state.history.setdefault("fid_step", []).append(state.step)
     state.history.setdefault("fid", []).append(score["fid"])
+    log.fid(state.step, score["fid"], score.get("kid"))
 
 
-def _save_grid(state: TrainState, result: TrainResult) -> int:
+def _save_grid(state: TrainState, result: TrainResult, log: RunLog) -> int:
     """The fixed latents through the current generator: a PNG in the run folder, or kept in memory."""
     if not ddp.is_main():
         return state.step
     images = to_uint8(generate(state.sampler, state.fixed_z))
+    log.grid(state.step, images)
     if result.out_dir is None:
         result.grids.append((state.step, images))
     else:

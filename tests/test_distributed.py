@@ -271,7 +271,10 @@ def test_cli_under_torchrun_writes_one_run_and_resumes(celeba_dir, tmp_path):
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert first.stdout.count("training dcgan64") == 1 and "x 2 processes (global batch 8)" in first.stdout
     assert first.stdout.count("done: step 2") == 1  # rank 0 alone prints
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "losses.png", "samples"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    events = [n for n in names if n.startswith("events.out.tfevents.")]
+    assert len(events) == 1  # TensorBoard: rank 0 alone writes
+    assert [n for n in names if n not in events] == ["checkpoint.pt", "losses.png", "samples"]
     ckpt = checkpoint.read_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng_per_rank"]) == 2
     again = torchrun(*flags, "--max-steps", "4", "--resume")

@@ -144,6 +144,35 @@ def test_a_pickle_that_would_run_code_is_refused_and_does_not_run(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("wrong", ["README.md", "assets/generator_32px_fast32_samples.png",
+                                   "assets/models/fast32/model.safetensors", "a data archive.zip"])
+def test_a_file_that_is_not_a_checkpoint_gets_one_line_saying_what_was_expected(wrong, tmp_path, capsys):
+    """Not torch.load's six lines about weights_only=False, and not 'corrupt': the path is simply wrong."""
+    path = ROOT / wrong
+    if wrong.endswith(".zip"):
+        path = tmp_path / wrong
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("faces/000001.jpg", jpeg_bytes(1))
+    for command in (["sample", "--generator", str(path), "--n", "1", "--out", str(tmp_path / "s")],
+                    ["export", str(path), "--out", str(tmp_path / "x")]):
+        assert cli.main(command) == 2
+        error, hint = capsys.readouterr().err.strip().split("\n")
+        assert error.startswith(f"error: {path} is ") and "not a checkpoint" in error and "--debug" in hint
+        assert "weights_only" not in error and "corrupt" not in error
+        expected = "pass its model folder, " if wrong.endswith(".safetensors") else "expected a run's checkpoint.pt"
+        assert expected in error
+    assert not (tmp_path / "s").exists() and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("cut", [0, 1000])
+def test_a_truncated_checkpoint_keeps_its_own_message(cut, tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"config": config.make_config("small32").to_dict(), "G": {"w": torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:cut])
+    with pytest.raises(checkpoint.CheckpointError, match="checkpoint.pt is truncated or corrupt"):
+        checkpoint.read_checkpoint(path)
+
+
 def test_shipped_generators_load_safely():
     G, cfg = export.load_generator(ROOT / "assets" / "models" / "small32-ema")  # safetensors and JSON only
     assert cfg.arch == "linear-stem" and cfg.g_conv_dim == 32

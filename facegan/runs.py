@@ -1,0 +1,232 @@
+"""``python helpers.py runs``: a table of the training runs under a folder, and their FID curves in one figure.
+
+    python helpers.py runs                                   # every run under runs/
+    python helpers.py runs runs/a runs/b --plot fid.png      # FID against images seen, one curve a run
+    python helpers.py runs runs/a runs/b --score 256 --plot fid.png   # score kept generators now
+
+A run is a folder holding ``checkpoint.pt`` (or only its fallback ``checkpoint.prev.pt``, or only
+the ``diverged.json`` a run leaves when it diverges before its first checkpoint).  Each row
+comes from the checkpoint alone: its configuration, step, history and process count.  A run is
+*finished* when it reached its planned steps or used its time budget, *diverged* when the engine
+stopped it on a NaN or Inf since its last checkpoint (``diverged.json``, facegan/runlog.py), and
+*stopped* otherwise (resume it with ``train --out RUN --resume``); *unreadable* when neither
+checkpoint can be read.  Reading never changes a run folder.
+
+The FID curves are those training tracked (``--fid-every``), or with ``--score N`` FID-N measured
+now for every kept generator (``--keep-generators true``) and the final checkpoint, with the same
+N real faces and latents for all.  FID-N is biased upwards at small N: compare only curves of equal N.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoint import CHECKPOINT, PREVIOUS, CheckpointError, read_checkpoint
+from .export import training_facts
+from .runlog import DIVERGED
+
+#: A point of a FID curve: (step, images seen, FID).
+Point = tuple[int, int, float]
+
+
+@dataclass
+class RunSummary:
+    """One row of the table, and the run's FID curve."""
+
+    path: Path
+    preset: str = "-"
+    step: int | None = None
+    images: int | None = None
+    minutes: float | None = None
+    state: str = "stopped"
+    fid_n: int | None = None  # the N of the FID points
+    points: list[Point] = field(default_factory=list)
+    problem: str = ""  # why the run diverged, or why its checkpoint is unreadable
+
+    @property
+    def last_fid(self) -> str:
+        if not self.points:
+            return "-"
+        step, _, fid = self.points[-1]
+        return f"{fid:.1f} (N={self.fid_n}, step {step:,})"
+
+
+def find_runs(folders: list[str | Path]) -> list[Path]:
+    """The run folders in or under ``folders`` (a folder may be a run itself), sorted, each once."""
+    found: set[Path] = set()
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no folder {folder}: pass a run folder or a folder of runs (default runs/)")
+        for name in (CHECKPOINT, PREVIOUS, DIVERGED):
+            found.update(p.parent for p in folder.rglob(name) if p.is_file())
+    if not found:
+        raise FileNotFoundError(f"no runs under {', '.join(map(str, folders))}: a run folder holds {CHECKPOINT}; "
+                                "python helpers.py train writes runs/PRESET")
+    return sorted(found)
+
+
+def read_run(run: Path) -> tuple[dict | None, str]:
+    """The run's newest readable checkpoint (None if none) and, if one was unreadable, why."""
+    problem = ""
+    for name in (CHECKPOINT, PREVIOUS):
+        if (run / name).is_file():
+            try:
+                return read_checkpoint(run / name), problem
+            except CheckpointError as e:
+                problem = problem or str(e)
+    return None, problem
+
+
+def planned_steps(ckpt: dict) -> int | None:
+    """The steps the run was set to train (as ``make_state`` counts them), or None when unknown."""
+    cfg, per_epoch = ckpt["config"], ckpt.get("steps_per_epoch")
+    total = per_epoch * cfg.epochs if cfg.epochs and per_epoch else None
+    if cfg.max_steps:
+        total = min(total or cfg.max_steps, cfg.max_steps)
+    horizon = ckpt.get("horizon")  # a time-budgeted run's length in steps, once fixed
+    if horizon and horizon.get("steps"):
+        total = min(total or horizon["steps"], horizon["steps"])
+    return total
+
+
+def run_state(run: Path, ckpt: dict | None, seconds: float | None) -> tuple[str, str]:
+    """(finished, stopped, diverged or unreadable; why it diverged): see the module docstring."""
+    marker = run / DIVERGED
+    newest = max(((run / n).stat().st_mtime for n in (CHECKPOINT, PREVIOUS) if (run / n).is_file()), default=0.0)
+    if marker.is_file() and marker.stat().st_mtime >= newest:
+        try:
+            return "diverged", str(json.loads(marker.read_text(encoding="utf-8")).get("problem", ""))
+        except (ValueError, AttributeError):
+            return "diverged", ""
+    if ckpt is None:
+        return "unreadable", ""
+    cfg, total = ckpt["config"], planned_steps(ckpt)
+    done = total is not None and ckpt["step"] >= total
+    done = done or (total is None and cfg.epochs and ckpt.get("epoch", 0) >= cfg.epochs)
+    budget_used = cfg.max_minutes > 0 and seconds is not None and seconds >= 60 * cfg.max_minutes
+    return ("finished" if done or budget_used else "stopped"), ""
+
+
+def summarize(run: Path, max_step: int | None = None) -> RunSummary:
+    """A run's row and the FID its training tracked (``history["fid"]``, N = ``Config.fid_samples``)."""
+    ckpt, problem = read_run(run)
+    facts = training_facts(ckpt) if ckpt is not None else {}
+    seconds = facts.get("seconds")
+    state, why = run_state(run, ckpt, seconds)
+    summary = RunSummary(run, state=state, problem=why or problem)
+    if ckpt is None:
+        return summary
+    cfg, history = ckpt["config"], ckpt.get("history") or {}
+    summary.preset, summary.step, summary.images = cfg.preset, facts["step"], facts["images_seen"]
+    summary.minutes = seconds / 60 if seconds is not None else None
+    per_step = cfg.batch_size * facts["world_size"]
+    tracked = zip(history.get("fid_step", []), history.get("fid", []), strict=True)
+    summary.points = [(s, s * per_step, f) for s, f in tracked
+                      if (max_step is None or s <= max_step) and math.isfinite(f)]
+    summary.fid_n = cfg.fid_samples if summary.points else None
+    return summary
+
+
+def score_run(summary: RunSummary, n: int, extractor, max_step: int | None = None) -> None:
+    """Replace a run's curve by FID-N of each kept generator and its checkpoint, measured now."""
+    from .evaluation import evaluate_generator
+    from .export import load_generator
+
+    ckpt, _ = read_run(summary.path)
+    if ckpt is None:
+        return
+    cfg, per_step = ckpt["config"], ckpt["config"].batch_size * int(ckpt.get("world_size") or 1)
+    points: list[Point] = []
+    final = summary.path / CHECKPOINT if (summary.path / CHECKPOINT).is_file() else summary.path / PREVIOUS
+    for path in [*sorted((summary.path / "generators").glob("step_*.pt")), final]:
+        step = read_checkpoint(path)["step"]
+        if (max_step is not None and step > max_step) or any(p[0] == step for p in points):
+            continue
+        G, _ = load_generator(path)
+        fid = evaluate_generator(G, cfg, n, extractor=extractor)["fid"]
+        points.append((step, step * per_step, fid))
+        print(f"{summary.path}: step {step:,}: FID-{n} {fid:.1f}", flush=True)
+    summary.points, summary.fid_n = points, n
+
+
+def format_table(summaries: list[RunSummary]) -> str:
+    """The runs as an aligned text table, one row each."""
+    header = ("run", "preset", "steps", "images seen", "minutes", "last FID", "state")
+    rows = [header] + [(str(s.path), s.preset, _int(s.step), _int(s.images),
+                        f"{s.minutes:.1f}" if s.minutes is not None else "-", s.last_fid, s.state)
+                       for s in summaries]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    right = {2, 3, 4}  # numbers align right
+    return "\n".join("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip() for row in rows)
+
+
+def _int(value: int | None) -> str:
+    return f"{value:,}" if value is not None else "-"
+
+
+def plot_fid_curves(summaries: list[RunSummary], path: str | Path) -> Path:
+    """FID against images seen, one curve per run with FID points, in one figure written to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [s for s in summaries if s.points]
+    if not curves:
+        raise ValueError("no FID to plot: train with --fid-every K, or pass --score N to score the runs' "
+                         "kept generators and checkpoints now")
+    sizes = {s.fid_n for s in curves}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for s in curves:
+        label = f"{s.path.name} ({s.preset})" + (f", N={s.fid_n}" if len(sizes) > 1 else "")
+        ax.plot([p[1] for p in s.points], [p[2] for p in s.points], "o-", label=label)
+    n = f"FID-{sizes.pop()}" if len(sizes) == 1 else "FID (different N: compare only equal N)"
+    ax.set(xlabel="images seen", ylabel=f"{n} (lower is better)", title="FID against images seen")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``runs`` subcommand's options."""
+    parser.add_argument("folders", nargs="*", default=["runs"], metavar="DIR",
+                        help="run folders, or folders that hold them (default: runs)")
+    parser.add_argument("--plot", metavar="OUT.png", default=None,
+                        help="also draw the runs' FID curves against images seen in one figure")
+    parser.add_argument("--score", metavar="N", type=int, default=None,
+                        help="measure FID-N now for each run's kept generators (generators/step_*.pt) and final "
+                             "checkpoint, instead of the FID tracked in training")
+    parser.add_argument("--max-step", type=int, default=None, help="leave out FID points after this step")
+    parser.add_argument("--weights", default=None, help="with --score: local FID Inception weights "
+                        "(default $FID_WEIGHTS, else download)")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Print the table (and the notes under it); with ``--score``, measure first; with ``--plot``, draw."""
+    summaries = [summarize(run, args.max_step) for run in find_runs(args.folders)]
+    if args.score is not None:
+        if args.score < 2:
+            raise ValueError(f"--score {args.score}: FID needs at least 2 samples (256 or 1000 are usual)")
+        from .device import pick_device
+        from .evaluation import inception_extractor
+
+        extractor = inception_extractor(args.weights, pick_device())
+        for summary in summaries:
+            score_run(summary, args.score, extractor, args.max_step)
+    print(format_table(summaries))
+    for s in summaries:
+        if s.problem:
+            print(f"{s.path}: {s.problem}")
+    if any(s.state == "stopped" for s in summaries):
+        print("a stopped run continues with: python helpers.py train --out RUN --resume")
+    if args.plot:
+        print(f"wrote {plot_fid_curves(summaries, args.plot)}")
+    return 0

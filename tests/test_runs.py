@@ -1,0 +1,134 @@
+"""``python helpers.py runs``: the table of runs, their states, and the FID curves in one figure."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from facegan import cli, config, evaluation, models, runlog
+
+
+def fake_run(folder: Path, step: int, steps_per_epoch: int = 4, fids: dict | None = None, seconds: float = 90.0,
+             world_size: int = 1, with_weights: bool = False, **overrides) -> Path:
+    """A run folder whose checkpoint holds what ``runs`` reads (and G's weights when asked)."""
+    cfg = config.make_config("small32", batch_size=16, **{"epochs": 2, **overrides})
+    G = models.build_models(cfg)[1].state_dict() if with_weights else {}
+    history = {"step": list(range(1, step + 1)), "seconds": [seconds * s / step for s in range(1, step + 1)]}
+    if fids:
+        history.update(fid_step=list(fids), fid=list(fids.values()))
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": cfg.to_dict(), "G": G, "step": step, "epoch": step // steps_per_epoch,
+                "batch_in_epoch": step % steps_per_epoch, "steps_per_epoch": steps_per_epoch,
+                "history": history, "world_size": world_size}, folder / "checkpoint.pt")
+    return folder
+
+
+def table(capsys, *args: str) -> dict[str, list[str]]:
+    """The printed table as {run folder name: its cells}."""
+    assert cli.main(["runs", *args]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("run "))  # --score prints its progress first
+    assert lines[header].split() == ["run", "preset", "steps", "images", "seen", "minutes", "last", "FID", "state"]
+    return {Path(line.split()[0]).name: line.split() for line in lines[header + 1:] if line.startswith("/")}
+
+
+def test_the_table_has_a_row_per_run_with_its_figures_and_state(tmp_path, capsys):
+    fake_run(tmp_path / "done", step=8, fids={4: 300.0, 8: 250.5}, fid_samples=256)
+    fake_run(tmp_path / "half", step=5, world_size=2)
+    fake_run(tmp_path / "budget", step=3, max_minutes=1.0, seconds=61.0)  # out of time before its epochs
+    fake_run(tmp_path / "nested" / "deeper", step=8, epochs=0, max_steps=8)
+    rows = table(capsys, str(tmp_path))
+    assert set(rows) == {"done", "half", "budget", "deeper"}
+    assert rows["done"][1:5] == ["small32", "8", "128", "1.5"] and rows["done"][-1] == "finished"
+    assert "250.5" in rows["done"] and "(N=256," in rows["done"]
+    assert rows["half"][2:4] == ["5", "160"] and rows["half"][-1] == "stopped"  # 5 steps x 16 x 2 processes
+    assert rows["half"][5] == "-"  # no FID measured
+    assert rows["budget"][-1] == "finished" and rows["deeper"][-1] == "finished"
+
+
+def test_a_diverged_run_says_so_until_a_resume_checkpoints_again(tmp_path, capsys):
+    run = fake_run(tmp_path / "nan", step=5)
+    runlog.mark_diverged(run, 7, "d_loss is nan")
+    assert table(capsys, str(run))["nan"][-1] == "diverged"
+    fake_run(run, step=7)  # resumed with a lower learning rate: a newer checkpoint
+    marker = run / runlog.DIVERGED
+    os.utime(marker, (marker.stat().st_mtime - 10,) * 2)
+    assert table(capsys, str(run))["nan"][-1] == "stopped"
+
+
+def test_a_run_that_diverged_before_its_first_checkpoint_and_an_unreadable_one_are_listed(tmp_path, capsys):
+    runlog.mark_diverged(tmp_path / "early", 3, "g_loss is inf")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
+    assert cli.main(["runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = {Path(line.split()[0]).name: line.split() for line in out.splitlines()[1:] if line.startswith("/")}
+    assert rows["early"][-1] == "diverged" and rows["broken"][-1] == "unreadable"
+    assert "g_loss is inf" in out and "truncated or corrupt" in out
+    assert json.loads((tmp_path / "early" / runlog.DIVERGED).read_text())["step"] == 3
+
+
+def test_plot_draws_the_tracked_fid_curves_of_several_runs(tmp_path, capsys):
+    fake_run(tmp_path / "a", step=8, fids={4: 300.0, 8: 250.0})
+    fake_run(tmp_path / "b", step=8, fids={2: 320.0, 6: 200.0, 8: 190.0})
+    assert cli.main(["runs", str(tmp_path), "--plot", str(tmp_path / "fid.png"), "--max-step", "6"]) == 0
+    assert "190.0" not in capsys.readouterr().out  # points after --max-step are left out
+    from PIL import Image
+
+    assert Image.open(tmp_path / "fid.png").size[0] > 300
+
+
+def test_score_measures_kept_generators_and_the_checkpoint_now(tmp_path, capsys, monkeypatch):
+    run = fake_run(tmp_path / "kept", step=8, with_weights=True)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    (run / "generators").mkdir()
+    for step in (4, 8):  # generators/step_*.pt, as --keep-generators true saves them
+        torch.save({**ckpt, "step": step}, run / "generators" / f"step_{step:07d}.pt")
+    scored = []
+    monkeypatch.setattr(evaluation, "inception_extractor", lambda *a, **k: "extractor")
+    monkeypatch.setattr(evaluation, "evaluate_generator",
+                        lambda G, cfg, n, extractor=None, **k: scored.append(n) or {"fid": 100.0 - len(scored)})
+    rows = table(capsys, str(run), "--score", "64", "--plot", str(tmp_path / "fid.png"))
+    assert scored == [64, 64]  # step 4, step 8; the checkpoint (also step 8) is not scored twice
+    assert "98.0" in rows["kept"] and "(N=64," in rows["kept"] and (tmp_path / "fid.png").is_file()
+
+
+@pytest.mark.parametrize("args,expected", [(["--plot", "x.png"], "no FID to plot"), ([], "no runs under")])
+def test_nothing_to_show_is_one_line_with_the_fix(tmp_path, capsys, args, expected):
+    if args:
+        fake_run(tmp_path / "a", step=8)
+    else:
+        (tmp_path / "empty").mkdir()
+    folder = tmp_path if args else tmp_path / "empty"
+    assert cli.main(["runs", str(folder), *[a if a != "x.png" else str(tmp_path / a) for a in args]]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[0]
+    assert error.startswith("error: ") and expected in error
+
+
+@pytest.mark.slow
+def test_a_run_that_diverges_is_listed_as_diverged(celeba_dir, tmp_path, monkeypatch, capsys):
+    from facegan import train
+
+    real_step = train.train_step
+
+    def poisoned_step(state, real):  # from step 7 on, D's first weight is NaN
+        metrics = real_step(state, real)
+        if state.step >= 7:
+            with torch.no_grad():
+                weight = next(state.D.parameters())
+                weight[(0,) * weight.dim()] = float("nan")
+        return metrics
+
+    monkeypatch.setattr(train, "train_step", poisoned_step)
+    cfg = config.make_config("small32", batch_size=16, subset=64, epochs=5, log_every=3, amp=False)
+    with pytest.raises(train.TrainingDiverged):
+        train.train(cfg, tmp_path / "nan", progress=False)
+    assert json.loads((tmp_path / "nan" / runlog.DIVERGED).read_text())["step"] == 9
+    monkeypatch.setattr(train, "train_step", real_step)
+    train.train(cfg.replace(epochs=1), tmp_path / "fine", progress=False)
+    rows = table(capsys, str(tmp_path))
+    assert rows["nan"][-1] == "diverged" and rows["nan"][2] == "4"  # the last good checkpoint's step
+    assert rows["fine"][-1] == "finished" and rows["fine"][2] == "4"
