@@ -134,15 +134,7 @@ class Config:
         if unknown_aug:
             bad("diffaug", f"unknown augmentation {sorted(unknown_aug)}; use a comma-separated subset of "
                 f"{','.join(AUGMENTATIONS)}, or '' for none")
-        if not 0 <= self.ada_target < 1:
-            bad("ada_target", "ADA's target for E[sign(D(real))] lies in (0, 1), 0.6 is typical; 0 turns ADA off")
-        if self.ada_target and not self.diffaug:
-            bad("ada_target", "ADA steers the probability of the diffaug ops, and none is set; add e.g. "
-                "--diffaug color,translation,cutout")
-        if not self.ada_kimg > 0:
-            bad("ada_kimg", "give the thousands of images for p to go from 0 to 1, e.g. 100")
-        if self.holdout and not self.fast_data:
-            bad("holdout", "the held-out faces come from the uint8 cache: drop --fast-data false, or use --holdout 0")
+        self._validate_stabilisers(bad)
         if not 0 <= self.d_dropout < 1:
             bad("d_dropout", "dropout probability must lie in [0, 1)")
         lo, hi = self.real_label
@@ -154,6 +146,18 @@ class Config:
         if self.instance_noise < 0 or self.gp_weight < 0:
             bad("instance_noise", "noise and penalty weights must be >= 0")
         return self
+
+    def _validate_stabilisers(self, bad) -> None:
+        """ADA and the held-out view: settings that only make sense together."""
+        if not 0 <= self.ada_target < 1:
+            bad("ada_target", "ADA's target for E[sign(D(real))] lies in (0, 1), 0.6 is typical; 0 turns ADA off")
+        if self.ada_target and not self.diffaug:
+            bad("ada_target", "ADA steers the probability of the diffaug ops, and none is set; add e.g. "
+                "--diffaug color,translation,cutout")
+        if not self.ada_kimg > 0:
+            bad("ada_kimg", "give the thousands of images for p to go from 0 to 1, e.g. 100")
+        if self.holdout and not self.fast_data:
+            bad("holdout", "the held-out faces come from the uint8 cache: drop --fast-data false, or use --holdout 0")
 
     def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes).validate()

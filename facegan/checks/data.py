@@ -61,4 +61,25 @@ def test_dataloader(get_dataloader: Callable, image_size: int = 32, batch_size: 
     if same:
         _fail("data order", "a new order each pass over the data", "the same first batch twice",
               "pass shuffle=True to the DataLoader: without it, every epoch shows D the faces in the same order")
+    _check_flips(loader)
     _passed(f"batches of shape {expected}, spanning [-1, 1], shuffled")
+
+
+def _check_flips(loader) -> None:
+    """The same image, read 16 times through the loader's dataset, comes out mirrored some of the times."""
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None or not hasattr(dataset, "__getitem__"):
+        return  # not a DataLoader: its images cannot be read one by one
+    views = []
+    for _ in range(16):
+        item = _call("reading one image from loader.dataset", dataset.__getitem__, 0)
+        views.append(item[0] if isinstance(item, (list, tuple)) else item)
+    if not all(torch.is_tensor(v) and v.shape == views[0].shape for v in views):
+        return
+    first = views[0]
+    if torch.equal(first, first.flip(-1)):
+        return  # a symmetric image shows nothing
+    if all(torch.equal(v, first) for v in views):
+        _fail("data augmentation", "each face mirrored left-right half of the time", "the same image 16 times",
+              "add transforms.RandomHorizontalFlip() to the transforms (after the crop): a mirrored face is still a "
+              "face, so the flips double the data for free")

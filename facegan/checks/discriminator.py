@@ -7,10 +7,21 @@ BCE-with-logits loss applies it itself, more stably).
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 
-from .layers import _layers, _other_n_layers, _output_with_large_weights
+from .layers import (
+    _NORMS,
+    _WEIGHTED,
+    _activation_between,
+    _is_activation,
+    _layers,
+    _other_n_layers,
+    _output_with_large_weights,
+    _trace,
+)
 from .report import _call, _fail, _passed
 
 
@@ -23,6 +34,7 @@ def test_discriminator(Discriminator: type, conv_dim: int = 32, image_size: int 
     x = torch.rand(50, 3, image_size, image_size) * 2 - 1
     _check_one_logit_per_image(D, x)
     _check_channels_and_batchnorm(D, conv_dim, batch_norm)
+    _check_layer_pattern(D, x, conv_dim, batch_norm)
     _check_second_width(Discriminator, conv_dim, x, kwargs)
     _check_second_depth(Discriminator, conv_dim, image_size, x, kwargs)
     _check_raw_logits(D, x)
@@ -61,6 +73,43 @@ def _check_channels_and_batchnorm(D: nn.Module, conv_dim: int, batch_norm: bool)
               "add nn.BatchNorm2d(channels) after each conv except the first: BatchNorm steadies training and "
               "helps gradients through the deeper layers, and DCGAN leaves it off D's input layer because "
               "normalising every layer made training oscillate")
+
+
+def _check_layer_pattern(D: nn.Module, x: torch.Tensor, conv_dim: int, batch_norm: bool) -> None:
+    """Read from one forward pass: the k-th stride-2 convolution has conv_dim * 2**k channels, BatchNorm follows
+    every one but the first (where ``batch_norm``), and LeakyReLU(0.2) feeds the next layer."""
+    if any(isinstance(m, nn.Dropout) for m in D.modules()):
+        return  # dropout makes the values random: the pattern cannot be read from them
+    calls = _trace(copy.deepcopy(D), x[:16])
+    weighted = [i for i, (m, _, _) in enumerate(calls) if isinstance(m, _WEIGHTED)]
+    convs = [i for i in weighted if isinstance(calls[i][0], nn.Conv2d) and tuple(calls[i][0].stride) == (2, 2)]
+    for k, i in enumerate(convs):
+        conv, nxt = calls[i][0], next((j for j in weighted if j > i), None)
+        what = f"Discriminator({conv_dim}) convolution {k + 1}"
+        if conv.out_channels != conv_dim * 2**k:
+            _fail(what, f"{conv_dim * 2**k} output channels (conv_dim * {2**k})", str(conv.out_channels),
+                  "double the channels at every convolution: conv_dim, 2*conv_dim, 4*conv_dim... "
+                  "(out_ch = conv_dim * 2**i in a loop over range(n_layers))")
+        if nxt is None:
+            continue
+        between = calls[i + 1:nxt]
+        norms = [m for m, _, _ in between if isinstance(m, _NORMS)]
+        if batch_norm and k == 0 and norms:
+            _fail(f"{what} (D's input layer)", "no BatchNorm after it", f"{type(norms[0]).__name__}",
+                  "leave BatchNorm off the first convolution: DCGAN normalises every layer of D but the input "
+                  "layer, because normalising the raw images made training oscillate")
+        if batch_norm and k > 0 and not norms:
+            _fail(what, "BatchNorm2d after it (every convolution but the first has one)", "no BatchNorm",
+                  f"add nn.BatchNorm2d({conv.out_channels}) after this convolution, before its LeakyReLU")
+        last = next((c for c in reversed(between) if not _is_activation(c[0])), None) or calls[i]
+        act = _activation_between(last[2], calls[nxt][1])
+        if act is not None and act != "leaky 0.2":
+            got = {"identity": "nothing: the values pass on unchanged", "relu": "ReLU"}.get(act, act.replace(
+                "leaky", "LeakyReLU with slope"))
+            hint = ("nn.LeakyReLU() defaults to a slope of 0.01: write nn.LeakyReLU(0.2)" if act == "leaky 0.01" else
+                    "use nn.LeakyReLU(0.2) (or F.leaky_relu(x, 0.2)) after every convolution of D: it lets "
+                    "gradients flow for negative activations too, which G's learning signal depends on")
+            _fail(f"{what}: the activation after it", "LeakyReLU(0.2)", got, hint)
 
 
 def _check_second_width(Discriminator: type, conv_dim: int, x: torch.Tensor, kwargs: dict) -> None:

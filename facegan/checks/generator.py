@@ -98,7 +98,8 @@ def _check_architecture(G: nn.Module, calls: list, weighted: list[int], z_size: 
     if _in_width(first) != z_size:
         _fail(f"Generator({z_size}, {conv_dim})'s first layer", f"{z_size} inputs (z_size)",
               str(_in_width(first)), "build the first layer from the z_size argument: nn.Linear(z_size, ...)")
-    _check_projection(calls, weighted)
+    for k in range(len(weighted) - 2):  # every hidden layer: the projection, then all but the output layer
+        _check_projection(calls, weighted, k)
 
 
 def _check_function_of_z(G: nn.Module, z: torch.Tensor) -> None:
@@ -234,19 +235,22 @@ def _check_output_layer(calls: list, weighted: list[int], conv_dim: int, what: s
         _fail(f"{what} output layer", "tanh after the last transposed convolution", got, hint)
 
 
-def _check_projection(calls: list, weighted: list[int]) -> None:
-    """BatchNorm, then ReLU, between G's first layer (the projection of z) and the next one."""
-    first, nxt = weighted[0], weighted[1]
+def _check_projection(calls: list, weighted: list[int], k: int = 0) -> None:
+    """BatchNorm, then ReLU, between G's k-th layer with weights (0: the projection of z) and the next one."""
+    first, nxt = weighted[k], weighted[k + 1]
     between = calls[first + 1:nxt]
     names = ", ".join(type(m).__name__ for m, _, _ in between) or "nothing"
-    projection = type(calls[first][0]).__name__
-    bn = next((k for k, (m, _, _) in enumerate(between) if isinstance(m, _BATCHNORM)), None)
+    layer = type(calls[first][0]).__name__
+    what = (f"Generator after its first layer (the {layer} that projects z)" if k == 0 else
+            f"Generator after its hidden layer {k + 1} (a {layer})")
+    bn = next((j for j, (m, _, _) in enumerate(between) if isinstance(m, _BATCHNORM)), None)
     if bn is None:
-        _fail(f"Generator after its first layer (the {projection} that projects z)", "BatchNorm, then ReLU",
-              f"{names} before the next layer",
+        _fail(what, "BatchNorm, then ReLU", f"{names} before the next layer",
               "add nn.BatchNorm2d(channels) and nn.ReLU() after reshaping the projection's output (or "
               "nn.BatchNorm1d before the reshape): DCGAN normalises and activates every hidden layer of G, "
-              "the projection included; only the output layer goes without")
+              "the projection included; only the output layer goes without" if k == 0 else
+              "add nn.BatchNorm2d(out_channels) and nn.ReLU() after every transposed convolution but the last: "
+              "DCGAN normalises and activates every hidden layer of G, not only the projection")
     if any(isinstance(m, (nn.ReLU, nn.LeakyReLU)) for m, _, _ in between[bn + 1:]):
         return
     bn_out, x_next = between[bn][2], calls[nxt][1]
@@ -257,11 +261,10 @@ def _check_projection(calls: list, weighted: list[int]) -> None:
     before = [type(m).__name__ for m, _, _ in between[:bn] if _is_activation(m)]
     got = (f"{before[0]} before the BatchNorm and nothing after it" if before else
            "the BatchNorm's output passed on unchanged")
-    _fail(f"Generator after its first layer (the {projection} that projects z)", "BatchNorm, then ReLU", got,
+    _fail(what, "BatchNorm, then ReLU", got,
           ("ReLU goes after BatchNorm, not before it: " if before else "") +
           "apply ReLU to the BatchNorm's output (nn.ReLU() in the Sequential, or F.relu(self.bn(x)) in forward) "
-          "before the first transposed convolution: without it the projection and that convolution are one "
-          "linear map")
+          "before the next transposed convolution: without it the two layers are one linear map")
 
 
 def _is_leaky(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -85,3 +85,21 @@ def _output_with_large_weights(model: nn.Module, x: torch.Tensor) -> torch.Tenso
 
 def _layers(model: nn.Module, kind) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, kind)]
+
+
+def _activation_between(a: torch.Tensor | None, b: torch.Tensor | None) -> str | None:
+    """Which element-wise function turns ``a`` (a layer's output) into ``b`` (the next layer's input), read from
+    the values: 'identity', 'relu', 'leaky 0.01'-style ('leaky SLOPE'), or None when it cannot tell."""
+    if a is None or b is None or a.numel() != b.numel():
+        return None
+    a, b = a.flatten(), b.flatten()
+    if torch.allclose(b, a, atol=1e-5):
+        return "identity"
+    if torch.allclose(b, a.clamp_min(0), atol=1e-5):
+        return "relu"
+    neg, pos = a < -1e-2, a > 1e-2
+    if neg.sum() < 10 or not torch.allclose(b[pos], a[pos], atol=1e-5):
+        return None
+    ratio = b[neg] / a[neg]
+    slope = ratio.mean().item()
+    return f"leaky {slope:.3g}" if 0 < slope < 1 and ratio.std().item() < 1e-3 else None

@@ -39,8 +39,9 @@ def _stale_grads(net: nn.Module) -> list[torch.Tensor]:
     return [torch.randn(p.shape, generator=g).mul_(10).to(p.device) for p in net.parameters()]
 
 
-def _reference_d_step(start, real, z, variant: str, stale: list[torch.Tensor]):
-    """The D update from ``start`` (copies of D, G, d_optimizer), done right or with one usual mistake."""
+def _reference_d_step(start, real, z, variant: str, stale: list[torch.Tensor], smooth: bool = False):
+    """The D update from ``start`` (copies of D, G, d_optimizer), done right or with one usual mistake; with
+    ``smooth`` the real label is 0.9."""
     D, G, opt = copy.deepcopy(start)
     if variant == "no_zero_grad":
         for p, s in zip(D.parameters(), stale, strict=True):
@@ -49,11 +50,14 @@ def _reference_d_step(start, real, z, variant: str, stale: list[torch.Tensor]):
         opt.zero_grad()
     torch.manual_seed(1234)
     fake = G(z).detach()
+    real_label = 0.9 if smooth or variant == "always_smooth" else 1.0
     if variant == "concat":
         out = D(torch.cat([real, fake]))
-        loss = _bce(out[:len(real)], 1.0) + _bce(out[len(real):], 0.0)
+        loss = _bce(out[:len(real)], real_label) + _bce(out[len(real):], 0.0)
+    elif variant == "fake_only":
+        loss = _bce(D(fake), 0.0)
     else:
-        real_label, fake_label = (0.0, 1.0) if variant == "swapped" else (1.0, 0.0)
+        real_label, fake_label = (0.0, 1.0) if variant == "swapped" else (real_label, 0.0)
         loss = _bce(D(real), real_label) + (0 if variant == "real_only" else _bce(D(fake), fake_label))
     loss.backward()
     opt.step()
@@ -68,7 +72,55 @@ D_STEP_MISTAKES = {
     "real_only": "only the real images' loss is used: add fake_loss(D(fake_images)) for the fakes",
     "concat": "real and fake images go through D in one batch, so BatchNorm mixes their statistics: score them "
               "in two calls, D(real_images) and D(fake_images)",
+    "fake_only": "only the fakes' loss reaches D: the real images are scored without gradients (torch.no_grad() "
+                 "or .detach()). Only the fakes are detached: real_loss(D(real_images), smooth) must reach D",
+    "always_smooth": "the real labels are smoothed (0.9) although smooth=False: pass the smooth argument on, "
+                     "real_loss(D(real_images), smooth), instead of True",
 }
+
+#: Where a step leaves the networks: what the next step needs to find -> what to do about it.
+LEFT_BEHIND = {
+    "frozen": "{net}'s parameters are left frozen (requires_grad=False) after the {step}, so the next {net} step "
+              "gets no gradients and {net} stops learning: no need to freeze {net} here (the step only steps "
+              "its own optimiser); if you do, unfreeze it at the end with {net}.requires_grad_(True)",
+    "eval": "{net} is left in eval mode after the {step}, so BatchNorm uses running statistics from then on: "
+            "keep both networks in training mode (or call {net}.train() before returning)",
+}
+
+
+def _check_left_as_found(D: nn.Module, G: nn.Module, modes: tuple[bool, bool], step: str) -> None:
+    """The step leaves both networks trainable and in the mode it found them in."""
+    for net, name, was_training in ((D, "D", modes[0]), (G, "G", modes[1])):
+        frozen = [p for p in net.parameters() if not p.requires_grad]
+        if frozen:
+            _fail(f"{name} after the {step}", f"all of {name}'s parameters trainable (requires_grad=True)",
+                  f"{len(frozen)} frozen", LEFT_BEHIND["frozen"].format(net=name, step=step))
+        if was_training and not net.training:
+            _fail(f"{name} after the {step}", "training mode, as the step found it", "eval mode",
+                  LEFT_BEHIND["eval"].format(net=name, step=step))
+
+
+def _replay(step: Callable, start, args: tuple, stale: list[torch.Tensor], seed: int, which: int, **kwargs):
+    """Run the learner's ``step`` on fresh copies of ``start`` (D, G, optimiser), the stale gradients in place on
+    network ``which`` (0: D, 1: G); return the trained network's parameters afterwards."""
+    D, G, opt = copy.deepcopy(start)
+    for p, s in zip((D, G)[which].parameters(), stale, strict=True):
+        p.grad = s.clone()
+    torch.manual_seed(seed)
+    _call(f"the step{' with smooth=True' if kwargs else ''}", step, D, G, opt, *args, **kwargs,
+          _hints={"unexpected keyword argument 'smooth'": "keep the stub's smooth=False argument: the training loop "
+                                                           "passes smooth=True for the presets that smooth labels"})
+    return _params((D, G)[which])
+
+
+def _check_repeatable(step: Callable, start, args: tuple, stale, after: torch.Tensor, before: torch.Tensor,
+                      which: int, name: str) -> None:
+    """The same models and inputs under another random seed give the same update: the step uses the z it is given."""
+    again = _replay(step, start, args, stale, 999, which)
+    if not _same_update(before, again, after):
+        _fail(f"the {name} step run twice on the same models and z", "the same update", "two different updates",
+              "the step draws its own random numbers (a new torch.randn for z, say): use the z you are given, so "
+              "that the training loop decides what G draws")
 
 
 def test_discriminator_step(d_step: Callable, D: nn.Module, G: nn.Module, d_optimizer: torch.optim.Optimizer,
@@ -80,9 +132,10 @@ def test_discriminator_step(d_step: Callable, D: nn.Module, G: nn.Module, d_opti
         p.grad = s.clone()
     for p in G.parameters():
         p.grad = None
-    d_before, g_before = _params(D), _params(G)
+    d_before, g_before, modes = _params(D), _params(G), (D.training, G.training)
     torch.manual_seed(1234)
     loss = _call("the discriminator step", d_step, D, G, d_optimizer, real_images, z)
+    _check_left_as_found(D, G, modes, "D step")
     if loss is None:
         _fail("the D step's return value", "D's loss", "None", "end the function with return d_loss")
     value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
@@ -102,6 +155,7 @@ def test_discriminator_step(d_step: Callable, D: nn.Module, G: nn.Module, d_opti
             cause = ("D got gradients but did not move: call d_optimizer.step() after d_loss.backward(), and build "
                      "d_optimizer from this D's parameters")
         _fail("D's parameters", "changed by the step", "unchanged", cause)
+    _check_repeatable(d_step, start, (real_images, z), stale, d_after, d_before, 0, "D")
     ref_after, ref_loss = _reference_d_step(start, real_images, z, "right", stale)
     if not _same_update(d_before, d_after, ref_after):
         for variant, cause in D_STEP_MISTAKES.items():
@@ -113,7 +167,22 @@ def test_discriminator_step(d_step: Callable, D: nn.Module, G: nn.Module, d_opti
     if not math.isclose(value, ref_loss, rel_tol=1e-3, abs_tol=1e-4):
         _fail("the D step's return value", f"D's loss, {ref_loss:.4f}", f"{value:.4f}",
               "return the total loss, real_loss(...) + fake_loss(...), computed before the update")
+    _check_smooth(d_step, start, real_images, z, stale, d_before)
     _passed("the D step matches the reference update and leaves G alone")
+
+
+def _check_smooth(d_step: Callable, start, real_images: torch.Tensor, z: torch.Tensor, stale, before) -> None:
+    """With smooth=True the step makes the reference update towards real labels of 0.9."""
+    after = _replay(d_step, start, (real_images, z), stale, 1234, 0, smooth=True)
+    if _same_update(before, after, _reference_d_step(start, real_images, z, "right", stale, smooth=True)[0]):
+        return
+    ignored = _same_update(before, after, _reference_d_step(start, real_images, z, "right", stale)[0])
+    _fail("D's update with smooth=True", "the reference update with real labels 0.9",
+          "the update without smoothing" if ignored else "a different update",
+          "the smooth argument is ignored: pass it on, real_loss(D(real_images), smooth), so that the presets that "
+          "smooth (classic32, fast32, dcgan64) train with real labels 0.9" if ignored else
+          "smooth=True lowers only the real images' label to 0.9: real_loss(D(real_images), smooth) + "
+          "fake_loss(D(fake_images))")
 
 
 def _reference_g_step(start, z, variant: str, stale: list[torch.Tensor]):
@@ -126,7 +195,8 @@ def _reference_g_step(start, z, variant: str, stale: list[torch.Tensor]):
     torch.manual_seed(1234)
     out = D(G(z))
     loss = {"right": lambda: _bce(out, 1.0), "no_zero_grad": lambda: _bce(out, 1.0),
-            "fake_loss": lambda: _bce(out, 0.0), "saturating": lambda: -_bce(out, 0.0)}[variant]()
+            "fake_loss": lambda: _bce(out, 0.0), "saturating": lambda: -_bce(out, 0.0),
+            "smoothed": lambda: _bce(out, 0.9)}[variant]()
     loss.backward()
     opt.step()
     return _params(G), loss.item()
@@ -139,6 +209,8 @@ G_STEP_MISTAKES = {
                  "so use real_loss(D(G(z)))",
     "saturating": "G minimises -fake_loss(D(G(z))), the saturating form, whose gradient vanishes while D wins: use "
                   "the non-saturating real_loss(D(G(z)))",
+    "smoothed": "G's loss uses smoothed labels (0.9): label smoothing softens D's targets on real images only. G "
+                "wants its fakes called fully real: real_loss(D(G(z))), without smooth",
 }
 
 
@@ -151,9 +223,10 @@ def test_generator_step(g_step: Callable, D: nn.Module, G: nn.Module, g_optimize
         p.grad = s.clone()
     for p in D.parameters():
         p.grad = None
-    d_before, g_before = _params(D), _params(G)
+    d_before, g_before, modes = _params(D), _params(G), (D.training, G.training)
     torch.manual_seed(1234)
     loss = _call("the generator step", g_step, D, G, g_optimizer, z)
+    _check_left_as_found(D, G, modes, "G step")
     if loss is None:
         _fail("the G step's return value", "G's loss", "None", "end the function with return g_loss")
     value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
@@ -175,6 +248,7 @@ def test_generator_step(g_step: Callable, D: nn.Module, G: nn.Module, g_optimize
                  "G got gradients but did not move: call g_optimizer.step() after backward(), and build g_optimizer "
                  "from this G's parameters")
         _fail("G's parameters", "changed by the step", "unchanged", cause)
+    _check_repeatable(g_step, start, (z,), stale, g_after, g_before, 1, "G")
     ref_after, ref_loss = _reference_g_step(start, z, "right", stale)
     if not _same_update(g_before, g_after, ref_after):
         for variant, cause in G_STEP_MISTAKES.items():

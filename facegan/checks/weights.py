@@ -27,8 +27,11 @@ def test_weights_init(weights_init_normal: Callable) -> None:
         mean, std = m.weight.mean().item(), m.weight.std().item()
         if abs(mean) > 0.001 or abs(std - 0.02) > 0.0005:  # >32k weights pin the std down tightly
             untouched = abs(std - 0.036) < 0.002
+            mean_set = abs(std - 1) < 0.05  # normal_(w, 0.02): 0.02 is the mean, the std stays 1
             _fail(f"{name} weights", "mean 0 and std 0.02", f"mean {mean:.4f}, std {std:.4f}" +
                   (" (PyTorch's default init: your function left this layer alone)" if untouched else ""),
+                  "nn.init.normal_'s arguments are (tensor, mean, std), so normal_(m.weight, 0.02) sets the MEAN to "
+                  "0.02 and keeps std 1: write nn.init.normal_(m.weight, 0.0, 0.02)" if mean_set else
                   "for every nn.Conv2d, nn.ConvTranspose2d and nn.Linear: nn.init.normal_(m.weight, 0.0, 0.02); "
                   "isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)) selects all three")
         if m.bias is not None and m.bias.abs().max().item() > 0:
