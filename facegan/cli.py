@@ -163,10 +163,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import benchmark, precision_report, preset_speeds
+    from .bench import benchmark, precision_report, preset_speeds, stabiliser_speeds
 
     if args.precision:
         precision_report(args.precision)
+    elif args.stabilisers:
+        stabiliser_speeds(pick_device(args.device or "auto"), args.quick)
     elif args.presets:
         preset_speeds(args.quick, args.device)
     else:
@@ -277,7 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1, help="alternate the pipelines this many times; report the spread")
     p.add_argument("--compile", action="store_true",
                    help="also time the default pipeline under torch.compile (compile time printed apart)")
-    p.add_argument("--presets", action="store_true", help="instead: img/s and size of every preset")
+    p.add_argument("--presets", action="store_true",
+                   help="instead: img/s and size of every preset, then fast64 with each stabiliser")
+    p.add_argument("--stabilisers", action="store_true",
+                   help="instead: only fast64's img/s with each stabiliser (lsgan, R1, ADA), beside the plain step")
     p.add_argument("--precision", metavar="CHECKPOINT", default=None,
                    help="instead: how much bf16 changes this checkpoint's updates, next to minibatch noise")
     p.set_defaults(handler=cmd_bench)

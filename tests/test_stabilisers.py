@@ -307,3 +307,11 @@ class _StopAfter:
 def test_bad_stabiliser_settings_name_the_field_and_the_fix(bad, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         config.make_config("fast64", **bad)
+
+
+def test_the_stabiliser_benchmark_measures_valid_configurations():
+    """``python helpers.py bench --stabilisers`` times these; each must be a valid fast64 variant, the first plain."""
+    assert bench.STABILISERS[0] == ("fast64", {})
+    for label, overrides in bench.STABILISERS[1:]:
+        cfg = config.make_config("fast64", **overrides)
+        assert cfg != config.make_config("fast64"), label
