@@ -156,6 +156,9 @@ class Config:
                 "--diffaug color,translation,cutout")
         if not self.ada_kimg > 0:
             bad("ada_kimg", "give the thousands of images for p to go from 0 to 1, e.g. 100")
+        if self.compile and (self.r1_gamma or self.loss == "wgan-gp"):
+            bad("compile", "R1 and the gradient penalty need a double backward, which torch.compile does not "
+                "support: use --compile false")
         if self.holdout and not self.fast_data:
             bad("holdout", "the held-out faces come from the uint8 cache: drop --fast-data false, or use --holdout 0")
 

@@ -43,7 +43,8 @@ def find_submissions(paths: list[str | Path]) -> list[Path]:
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+            found += sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts
+                            and "work" not in p.relative_to(path).parts[:-2])  # an earlier batch's scratch copies
         elif path.exists():
             found.append(path)
         else:
@@ -60,11 +61,15 @@ def learner_names(paths: list[Path]) -> list[str]:
     if len(set(stems)) < len(stems):
         stems = [next((q.name for q in p.parents if q.name and q.name not in ("face_generation", "submitted")),
                       p.stem) for p in paths]
-    names, seen = [], {}
+    names: list[str] = []
     for stem in stems:
-        clean = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem) or "learner"
-        seen[clean] = seen.get(clean, 0) + 1
-        names.append(clean if seen[clean] == 1 else f"{clean}-{seen[clean]}")
+        # No "." or ".." (a scratch folder must stay inside OUT/work), and no name used twice.
+        clean = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip(".") or "learner"
+        name, n = clean, 1
+        while name in names:
+            n += 1
+            name = f"{clean}-{n}"
+        names.append(name)
     return names
 
 

@@ -86,9 +86,13 @@ def lsgan_d_loss(real_out: torch.Tensor, fake_out: torch.Tensor,
     return 0.5 * (real_out - _real_targets(real_out, real_label)).square().mean() + 0.5 * fake_out.square().mean()
 
 
-def lsgan_g_loss(fake_out: torch.Tensor) -> torch.Tensor:
-    """Least-squares G loss:  1/2 mean((D(G(z)) - 1)^2): G pulls its fakes' scores to the real target."""
-    return 0.5 * (fake_out - 1).square().mean()
+def lsgan_g_loss(fake_out: torch.Tensor, target: float = 1.0) -> torch.Tensor:
+    """Least-squares G loss:  1/2 mean((D(G(z)) - c)^2): G pulls its fakes' scores to the real target c.
+
+    Mao et al.'s 0-1-1 coding sets c to D's target for reals; with smoothed real labels
+    (``real_label`` 0.9) the engine passes their mean, so G aims where D's reals are.
+    """
+    return 0.5 * (fake_out - target).square().mean()
 
 
 def wasserstein_d_loss(real_out: torch.Tensor, fake_out: torch.Tensor, real_label=None) -> torch.Tensor:
@@ -142,6 +146,7 @@ LOSSES: dict[str, tuple[Callable[..., torch.Tensor], Callable[[torch.Tensor], to
 }
 
 #: Config.loss -> the raw score that splits "real" from "fake", for ADA's r_t = E[sign(D(x) - centre)]:
-#: a logit of 0 (BCE), the hinge's 0, and halfway between least squares' targets 0 and 1.  The
+#: a logit of 0 (BCE), the hinge's 0, and halfway between least squares' targets 0 and 1 (``train_step``
+#: moves it to half the real target when the real labels are smoothed).  The
 #: Wasserstein critic has no fixed centre: ADA uses the mean score of the batch's fakes there.
 DECISION_CENTRE: dict[str, float | None] = {"bce": 0.0, "hinge": 0.0, "lsgan": 0.5, "wgan-gp": None}

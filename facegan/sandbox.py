@@ -21,7 +21,7 @@ from pathlib import Path
 #: Audit events that change one path (the first argument) -> what the refusal calls it.
 _PATH_EVENTS = {"os.remove": "deleting", "os.rmdir": "deleting", "shutil.rmtree": "deleting", "os.mkdir": "creating",
                 "os.chmod": "changing", "os.chown": "changing", "os.truncate": "truncating", "os.utime": "touching",
-                "os.symlink": "linking", "os.link": "linking", "os.chflags": "changing"}
+                "os.chflags": "changing"}
 #: Audit events that start another program.
 _SPAWN_EVENTS = ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "pty.spawn", "os.startfile")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -65,6 +65,8 @@ def confine_writes(root: str | Path, also: tuple[str, ...] = ("/dev/null",)) -> 
                 return  # mkdir(exist_ok=True) of a folder that is there changes nothing
             raise Refused(f"grading: {_PATH_EVENTS[event]} {os.fsdecode(args[0])!r} is refused: outside the "
                           "submission's folder")
+        elif event in ("os.symlink", "os.link") and not _inside(args[1], roots):  # (target, new link, ...)
+            raise Refused(f"grading: linking {os.fsdecode(args[1])!r} is refused: outside the submission's folder")
         elif event == "os.rename" and not (_inside(args[0], roots) and _inside(args[1], roots)):
             raise Refused(f"grading: renaming {os.fsdecode(args[0])!r} is refused: outside the submission's folder")
         elif event in _SPAWN_EVENTS:

@@ -31,6 +31,16 @@ def _d_input(state: TrainState, x: torch.Tensor) -> torch.Tensor:
     return x + sigma * torch.randn_like(x) if sigma > 0 else x
 
 
+def _steer_ada(state: TrainState, d_real: torch.Tensor, d_fake: torch.Tensor) -> None:
+    """ADA: count which reals D calls real, and every few steps move the augmentation probability."""
+    cfg = state.config
+    centre = DECISION_CENTRE[cfg.loss]
+    if cfg.loss == "lsgan":  # halfway between the fake target 0 and the real one
+        centre = sum(cfg.real_label) / 4
+    state.ada.observe(d_real, d_fake.detach().float().mean() if centre is None else centre)
+    state.ada.adjust(lambda t: ddp.sum_over_ranks(t, state.device))
+
+
 def train_step(state: TrainState, real: torch.Tensor) -> dict[str, torch.Tensor]:
     """One D update (and one G update every ``n_critic`` steps); returns detached metrics.
 
@@ -65,16 +75,16 @@ def train_step(state: TrainState, real: torch.Tensor) -> dict[str, torch.Tensor]
     (d_loss if penalty is None else d_loss + (cfg.r1_gamma / 2 * cfg.r1_every) * penalty).backward()
     state.d_opt.step()
     if state.ada is not None:
-        centre = DECISION_CENTRE[cfg.loss]
-        state.ada.observe(d_real, d_fake.detach().float().mean() if centre is None else centre)
-        state.ada.adjust(lambda t: ddp.sum_over_ranks(t, state.device))
+        _steer_ada(state, d_real, d_fake)
 
     # Generator: through D, whose weights are frozen (their gradients would be thrown away).
     if g_turn:
         state.g_opt.zero_grad(set_to_none=True)
         D.requires_grad_(False)
         with autocast(cfg, state.device):
-            g_loss = g_loss_fn(D(_d_input(state, fake)).float())
+            out = D(_d_input(state, fake)).float()
+            # Least squares: G's target is D's target for reals (their mean, when smoothed).
+            g_loss = g_loss_fn(out, sum(cfg.real_label) / 2) if cfg.loss == "lsgan" else g_loss_fn(out)
         g_loss.backward()
         D.requires_grad_(True)
         state.g_opt.step()

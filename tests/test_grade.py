@@ -36,6 +36,10 @@ def test_learner_names_are_unique_and_follow_nbgrader_folders(tmp_path):
     assert grade.learner_names(paths) == ["ada", "bob"]
     assert grade.learner_names([Path("a/x y.ipynb"), Path("b/x y.ipynb"), Path("c/z.ipynb")]) == ["a", "b", "c"]
     assert grade.learner_names([Path("x.ipynb"), Path("x.ipynb")]) == ["x", "x-2"]
+    # a scratch folder must stay inside OUT/work, and two learners never share one
+    assert grade.learner_names([Path("s/..ipynb"), Path("t/...ipynb")]) == ["learner", "learner-2"]
+    assert grade.learner_names([Path("p/a.ipynb"), Path("q/a-2.ipynb"), Path("r/a.ipynb")]) == ["p", "q", "r"]
+    assert grade.learner_names([Path("a.ipynb"), Path("a.ipynb"), Path("a-2.ipynb")]) == ["a", "a-2", "a-2-2"]
 
 
 def test_bad_paths_are_named(tmp_path):

@@ -76,6 +76,8 @@ def test_least_squares_losses_are_their_formulas():
     assert losses.lsgan_d_loss(real, fake, (0.9, 0.9)).item() == pytest.approx(
         (0.5 * ((real - 0.9) ** 2).mean() + 0.5 * (fake**2).mean()).item())
     assert losses.lsgan_g_loss(fake).item() == pytest.approx((0.5 * ((fake - 1) ** 2).mean()).item())
+    # with smoothed real labels G aims where D's reals are (Mao et al.'s c = b)
+    assert losses.lsgan_g_loss(fake, 0.9).item() == pytest.approx((0.5 * ((fake - 0.9) ** 2).mean()).item())
     # noisy labels: every real target lies in [lo, hi], so the loss lies between the two fixed-target ones
     lo_hi = [losses.lsgan_d_loss(torch.zeros(1000), torch.zeros(1000), (t, t)).item() for t in (0.7, 1.2)]
     noisy = losses.lsgan_d_loss(torch.zeros(1000), torch.zeros(1000), (0.7, 1.2)).item()
@@ -303,6 +305,7 @@ class _StopAfter:
     (dict(ada_kimg=0.0, ada_target=0.6, diffaug="color"), "ada_kimg=0.0"),
     (dict(holdout=-5), "holdout=-5: must be 0 or positive"),
     (dict(holdout=100, fast_data=False), "held-out faces come from the uint8 cache"),
+    (dict(r1_gamma=1.0, compile=True), "double backward, which torch.compile does not support"),
 ])
 def test_bad_stabiliser_settings_name_the_field_and_the_fix(bad, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
