@@ -128,6 +128,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool | dict = 
                     if clock.should_stop():  # SIGTERM or Ctrl-C, at a step boundary (distributed: agreed)
                         raise KeyboardInterrupt("stop requested")
                     if state.step >= state.total_steps or clock.out_of_time():
+                        if not logged:  # the budget ran out during maintenance (a save, a grid): log its last step
+                            _log_step(state, meter, held_out, clock, saver, bar, log)
                         break
         except KeyboardInterrupt:
             saver.save(state)

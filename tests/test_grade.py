@@ -71,12 +71,23 @@ def test_a_class_with_broken_submissions_is_graded_to_the_end(tmp_path, celeba_d
               f"Path({str(outside / 'written.txt')!r}).write_text('x')\n")
     _submission(subs / "vandal.ipynb", extra={"d_optimizer": vandal,
                                               "discriminator_step": f"subprocess.run(['rm', '-rf', {str(outside)!r}])"})
+    # Writes on their own, each attempt caught, so each one is tried (not stopped by an earlier refusal).
+    attempts = (f"lambda: Path({str(outside / 'w.txt')!r}).write_text('x')",
+                f"lambda: torch.save({{}}, {str(outside / 'w.pt')!r})",
+                f"lambda: os.symlink('/etc/hostname', {str(outside / 'w.lnk')!r})")
+    writer = ("import os\nfrom pathlib import Path\nrefused = 0\n"
+              f"for attempt in ({', '.join(attempts)}):\n"
+              "    try:\n        attempt()\n    except PermissionError:\n        refused += 1\n"
+              "assert refused == 3, refused\n")
+    _submission(subs / "writer.ipynb", extra={"scale": writer})
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     limits = grade.Limits(timeout_s=120, part_seconds=30, memory_gb=6, steps=5)
     rows = {r["learner"]: r for r in grade.grade_class([subs], tmp_path / "grades", limits, progress=lambda _: None)}
 
     full = sum(p.points for p in grade_parts())
-    assert set(rows) == {"good", "not_json", "syntax", "loop", "stubborn", "huge", "missing", "vandal"}
+    assert set(rows) == {"good", "not_json", "syntax", "loop", "stubborn", "huge", "missing", "vandal", "writer"}
+    assert rows["writer"]["points"] == full  # every write refused (the cell asserts it), nothing else lost
+    assert not [p.name for p in outside.iterdir() if p.name.startswith("w.")]
     assert rows["good"]["points"] == full and rows["good"]["faces"]
     assert (tmp_path / "grades" / rows["good"]["faces"]).stat().st_size > 1000
     assert rows["not_json"]["points"] == 0 and "not a readable notebook" in rows["not_json"]["status"]
