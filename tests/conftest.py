@@ -68,3 +68,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if str(item.fspath).endswith(".ipynb"):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def nan_from_step_7(monkeypatch):
+    """Training whose D gets a NaN weight from step 7 on (the divergence tests' poisoned step); call the
+    returned function to train normally again."""
+    from facegan import train
+
+    real_step = train.train_step
+
+    def poisoned_step(state, real):
+        metrics = real_step(state, real)
+        if state.step >= 7:
+            with torch.no_grad():
+                weight = next(state.D.parameters())
+                weight[(0,) * weight.dim()] = float("nan")
+        return metrics
+
+    monkeypatch.setattr(train, "train_step", poisoned_step)
+    return lambda: monkeypatch.setattr(train, "train_step", real_step)

@@ -109,25 +109,14 @@ def test_nothing_to_show_is_one_line_with_the_fix(tmp_path, capsys, args, expect
 
 
 @pytest.mark.slow
-def test_a_run_that_diverges_is_listed_as_diverged(celeba_dir, tmp_path, monkeypatch, capsys):
+def test_a_run_that_diverges_is_listed_as_diverged(celeba_dir, tmp_path, nan_from_step_7, capsys):
     from facegan import train
 
-    real_step = train.train_step
-
-    def poisoned_step(state, real):  # from step 7 on, D's first weight is NaN
-        metrics = real_step(state, real)
-        if state.step >= 7:
-            with torch.no_grad():
-                weight = next(state.D.parameters())
-                weight[(0,) * weight.dim()] = float("nan")
-        return metrics
-
-    monkeypatch.setattr(train, "train_step", poisoned_step)
     cfg = config.make_config("small32", batch_size=16, subset=64, epochs=5, log_every=3, amp=False)
     with pytest.raises(train.TrainingDiverged):
         train.train(cfg, tmp_path / "nan", progress=False)
     assert json.loads((tmp_path / "nan" / runlog.DIVERGED).read_text())["step"] == 9
-    monkeypatch.setattr(train, "train_step", real_step)
+    nan_from_step_7()  # and a run that trains normally beside it
     train.train(cfg.replace(epochs=1), tmp_path / "fine", progress=False)
     rows = table(capsys, str(tmp_path))
     assert rows["nan"][-1] == "diverged" and rows["nan"][2] == "4"  # the last good checkpoint's step
