@@ -196,6 +196,8 @@ def test_a_changed_archive_is_extracted_again(tmp_path, monkeypatch, capsys):
     folder = data.resolve_image_dir(archive)
     assert len(data.list_images(folder)) == 7 and "extracting it again" in capsys.readouterr().out
     assert data.resolve_image_dir(archive) == folder and "again" not in capsys.readouterr().out  # reused
+    os.utime(archive, (1e9, 1e9))  # a fresh copy of the same archive: new time, same contents
+    assert data.resolve_image_dir(archive) == folder and "again" not in capsys.readouterr().out
 
 
 @pytest.mark.slow
