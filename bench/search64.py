@@ -3,6 +3,7 @@
     python bench/search64.py train --steps 2000 --parallel 2      # every run, two at a time
     python bench/search64.py train --only lsgan r1_1               # some of them
     python bench/search64.py score --n 1000                        # FID/KID of each finished run, a table
+    python bench/search64.py score --n 1000 --raw --only fast64    # G's own weights instead of the EMA
 
 Each run is ``python helpers.py train`` with the flags below, in ``runs/search64/NAME``, with
 ``OMP_NUM_THREADS=1``.  The budget is a number of steps, not of minutes: on a shared 2-core
@@ -71,7 +72,16 @@ def train_runs(names: list[str], steps: int, parallel: int, out: Path) -> None:
     print(f"{time.strftime('%H:%M:%S')} all runs done", flush=True)
 
 
-def score_runs(names: list[str], n: int, out: Path) -> None:
+def raw_generator(ckpt: dict):
+    """G's own weights from a checkpoint, not its EMA: how much the EMA's lag costs a short run."""
+    from facegan.models import build_models
+
+    _, G = build_models(ckpt["config"])
+    G.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["G"].items()})
+    return G.eval()
+
+
+def score_runs(names: list[str], n: int, out: Path, raw: bool = False) -> None:
     """FID-n and KID of each finished run's (EMA) generator, and its held-out D scores: a table."""
     from facegan.checkpoint import load_generator, read_checkpoint
     from facegan.evaluation import evaluate_generator, inception_extractor
@@ -85,7 +95,7 @@ def score_runs(names: list[str], n: int, out: Path) -> None:
             continue
         ckpt = read_checkpoint(path)
         cfg, h = ckpt["config"], ckpt["history"]
-        G, _ = load_generator(path)
+        G = raw_generator(ckpt) if raw else load_generator(path)[0]
         result = evaluate_generator(G, cfg, n, extractor=extractor)
         held = (f"{h['d_real_fixed'][-1]:.2f} / {h['d_holdout'][-1]:.2f}" if h.get("d_holdout") else "")
         print(f"| `{name}` | {ckpt['step']:,} | {ckpt['step'] * cfg.batch_size / 1e6:.2f} M | {result['fid']:.1f} | "
@@ -99,12 +109,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2000, help="training steps per run (fewer for costlier steps)")
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--n", type=int, default=1000, help="FID sample count (and real faces)")
+    parser.add_argument("--raw", action="store_true", help="score G's own weights instead of its EMA")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "search64", help="folder of the runs")
     args = parser.parse_args()
     if args.action == "train":
         train_runs(args.only, args.steps, args.parallel, args.out)
     else:
-        score_runs(args.only, args.n, args.out)
+        score_runs(args.only, args.n, args.out, args.raw)
     return 0
 
 
