@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -75,11 +77,20 @@ def test_two_sigkills_and_resumes_end_with_the_same_weights_bit_for_bit(celeba_d
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(celeba_dir, tmp_path):
     run = _cli(tmp_path, "--max-steps", "100000", "--checkpoint-minutes", "0")  # epoch-end checkpoints only
-    time.sleep(0.5)
+    chunks: list[str] = []  # the run's output, read as it comes
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: run.stdout.read(1), "")), daemon=True)
+    reader.start()
     _wait_for_step(tmp_path, 16)  # the first epoch's checkpoint
-    time.sleep(1.0)  # a few steps into the second epoch
+    # Signal only once the progress bar reports a step of the second epoch: a fixed sleep can end
+    # inside the epoch-end work (grid, first TensorBoard write) on a busy machine.
+    end = time.time() + 120
+    while max(map(int, re.findall(r"step=(\d+)", "".join(chunks))), default=0) <= 16:
+        assert time.time() < end and run.poll() is None, "".join(chunks)
+        time.sleep(0.05)
     run.send_signal(signal.SIGTERM)
-    output = run.communicate(timeout=120)[0]
+    run.wait(timeout=120)
+    reader.join(timeout=30)
+    output = "".join(chunks)
     assert run.returncode == 130, output
     assert "Resume with: python helpers.py train --out" in output
     saved = checkpoint.read_checkpoint(tmp_path / "checkpoint.pt")["step"]
