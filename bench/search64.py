@@ -72,15 +72,6 @@ def train_runs(names: list[str], steps: int, parallel: int, out: Path) -> None:
     print(f"{time.strftime('%H:%M:%S')} all runs done", flush=True)
 
 
-def raw_generator(ckpt: dict):
-    """G's own weights from a checkpoint, not its EMA: how much the EMA's lag costs a short run."""
-    from facegan.models import build_models
-
-    _, G = build_models(ckpt["config"])
-    G.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["G"].items()})
-    return G.eval()
-
-
 def score_runs(names: list[str], n: int, out: Path, raw: bool = False) -> None:
     """FID-n and KID of each finished run's (EMA) generator, and its held-out D scores: a table."""
     from facegan.checkpoint import load_generator, read_checkpoint
@@ -95,7 +86,7 @@ def score_runs(names: list[str], n: int, out: Path, raw: bool = False) -> None:
             continue
         ckpt = read_checkpoint(path)
         cfg, h = ckpt["config"], ckpt["history"]
-        G = raw_generator(ckpt) if raw else load_generator(path)[0]
+        G, _ = load_generator(path, ema=not raw)
         result = evaluate_generator(G, cfg, n, extractor=extractor)
         held = (f"{h['d_real_fixed'][-1]:.2f} / {h['d_holdout'][-1]:.2f}" if h.get("d_holdout") else "")
         print(f"| `{name}` | {ckpt['step']:,} | {ckpt['step'] * cfg.batch_size / 1e6:.2f} M | {result['fid']:.1f} | "

@@ -274,14 +274,17 @@ def export_generator(state: TrainState, path: str | Path) -> Path:
                          "history": state.history}, Path(path))
 
 
-def load_generator(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Config]:
-    """The generator of a checkpoint or an exported ``.pt`` file (the EMA copy if any), in eval mode.
+def load_generator(path: str | Path, device: torch.device | str = "cpu",
+                   ema: bool = True) -> tuple[nn.Module, Config]:
+    """The generator of a checkpoint or an exported ``.pt`` file (the EMA copy if any, unless ``ema=False``:
+    G's own weights, to measure what the EMA adds), in eval mode.
 
     ``facegan.export.load_generator`` takes a model folder as well (what the front ends use)."""
     ckpt = read_checkpoint(path)
     cfg = ckpt["config"]
     _, G = build_models(cfg)
-    if ckpt.get("ema") is not None:
+    own_weights = not ema and ckpt.get("ema") is not None  # a run's checkpoint, G's own weights asked for
+    if ckpt.get("ema") is not None and not own_weights:
         weights = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
     else:
         weights = ckpt["G"]
@@ -290,7 +293,7 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu") -> tupl
     except RuntimeError as e:
         raise CheckpointError(f"{path}: the generator weights do not fit its configuration "
                               f"({str(e).splitlines()[0]})") from e
-    if cfg.ema_decay:
+    if cfg.ema_decay and not own_weights:
         # An EMA generator's BatchNorm statistics, averaged with its weights, are not its own:
         # re-estimate them (files exported since this fix already hold the re-estimated ones).
         refresh_batchnorm(G, cfg)

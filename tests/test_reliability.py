@@ -362,3 +362,15 @@ def test_grids_read_back_keep_white_faces(tmp_path):
     plots.save_grid(images, plots.grid_path(tmp_path, 7))
     (step, back), = plots.read_grids(tmp_path, 8)
     assert step == 7 and torch.equal(back, images)
+
+
+def test_load_generator_gives_gs_own_weights_when_asked(celeba_dir, tmp_path):
+    cfg = config.make_config("small32", batch_size=16, subset=64, epochs=1, max_steps=3, ema_decay=0.9, amp=False)
+    train.train(cfg, tmp_path, progress=False)
+    saved = checkpoint.read_checkpoint(tmp_path / "checkpoint.pt")
+    own, _ = checkpoint.load_generator(tmp_path / "checkpoint.pt", ema=False)
+    ema, _ = checkpoint.load_generator(tmp_path / "checkpoint.pt")
+    assert all(torch.equal(v.float(), saved["G"][k].float()) for k, v in own.state_dict().items())
+    z = torch.randn(2, cfg.z_size)
+    with torch.no_grad():
+        assert not torch.equal(own(z), ema(z))  # the EMA copy is another generator
