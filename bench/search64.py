@@ -31,7 +31,10 @@ sys.path.insert(0, str(ROOT))
 #: Step cost against fast64's, for runs that get fewer steps in the same compute (full width: ~4x the FLOPs).
 COST = {"hinge_fast": 4.0}
 
-COMMON = ["--holdout", "256", "--log-every", "50", "--keep-generators", "true", "--checkpoint-minutes", "5"]
+#: The search ran before fast64's EMA ramped up; first on the line, so the ``ema_ramp`` run's own value wins.
+BEFORE_RAMP = ["--ema-rampup", "0"]
+HOLDOUT = 256
+COMMON = ["--holdout", str(HOLDOUT), "--log-every", "50", "--keep-generators", "true", "--checkpoint-minutes", "5"]
 
 #: name -> (what it tries, the flags on top of COMMON)
 RUNS: dict[str, tuple[str, list[str]]] = {
@@ -45,14 +48,23 @@ RUNS: dict[str, tuple[str, list[str]]] = {
                ["--preset", "fast64", "--lr-schedule", "linear"]),
     "r1_10": ("fast64 + lazy R1, gamma 10", ["--preset", "fast64", "--r1-gamma", "10"]),
     "r1_0.1": ("fast64 + lazy R1, gamma 0.1, every 16 D steps", ["--preset", "fast64", "--r1-gamma", "0.1"]),
+    "ema_ramp": ("fast64 with the EMA's horizon ramped up over the run (5% of the steps so far, up to 1,000)",
+                 ["--preset", "fast64", "--ema-rampup", "0.05"]),
     "hinge_fast": ("hinge_sn64 at full width with fast64's Adam 1e-3 (0.5, 0.99) and EMA",
                    ["--preset", "hinge_sn64", "--lr-g", "1e-3", "--lr-d", "1e-3", "--beta1", "0.5",
                     "--beta2", "0.99", "--ema-decay", "0.999"]),
 }
 
 
-def train_runs(names: list[str], steps: int, parallel: int, out: Path) -> None:
-    """Launch the runs, ``parallel`` at a time, each on one thread; wait for all."""
+def train_runs(names: list[str], steps: int, parallel: int, out: Path, subset: int = 0) -> None:
+    """Launch the runs, ``parallel`` at a time, each on one thread; wait for all.
+
+    ``subset``: train on only this many faces (plus the 256 held out), so that a D which memorises
+    its training set does so many times sooner (the limited-data view of Karras et al. 2020).
+    """
+    # A small set's epochs are a few dozen steps: the step budget, not the epoch count, ends those runs.
+    epochs = ["--epochs", "100000" if subset else "100"]
+    limited = ["--subset", str(subset + HOLDOUT), "--sample-every", "250"] if subset else []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     pending, running = list(names), []
     while pending or running:
@@ -63,8 +75,8 @@ def train_runs(names: list[str], steps: int, parallel: int, out: Path) -> None:
             folder.mkdir(parents=True, exist_ok=True)
             resume = ["--resume"] if (folder / "checkpoint.pt").is_file() else []
             budget = round(steps / COST.get(name, 1.0))
-            cmd = [sys.executable, str(ROOT / "helpers.py"), "train", *RUNS[name][1], *COMMON,
-                   "--epochs", "100", "--max-minutes", "0", "--max-steps", str(budget), "--out", str(folder), *resume]
+            cmd = [sys.executable, str(ROOT / "helpers.py"), "train", *BEFORE_RAMP, *RUNS[name][1], *COMMON, *limited,
+                   *epochs, "--max-minutes", "0", "--max-steps", str(budget), "--out", str(folder), *resume]
             log = open(folder / "train.log", "a")
             print(f"{time.strftime('%H:%M:%S')} start {name}: {' '.join(cmd[1:])}", flush=True)
             running.append((name, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
@@ -100,11 +112,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2000, help="training steps per run (fewer for costlier steps)")
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--n", type=int, default=1000, help="FID sample count (and real faces)")
+    parser.add_argument("--subset", type=int, default=0,
+                        help="train on only this many faces (limited data: D memorises sooner); 0 = all")
     parser.add_argument("--raw", action="store_true", help="score G's own weights instead of its EMA")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "search64", help="folder of the runs")
     args = parser.parse_args()
     if args.action == "train":
-        train_runs(args.only, args.steps, args.parallel, args.out)
+        train_runs(args.only, args.steps, args.parallel, args.out, args.subset)
     else:
         score_runs(args.only, args.n, args.out, args.raw)
     return 0

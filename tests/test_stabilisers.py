@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from facegan import augment, batches, bench, checkpoint, clock, config, losses, models, step, train
 from facegan import device as device_policy
 from facegan.holdout import HeldOutView
-from facegan.state import make_state
+from facegan.state import ema_decay_at, ema_update, make_state
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +219,8 @@ def test_held_out_view_parts_for_a_d_that_memorised_its_training_faces(celeba_di
 
 def _tiny(**overrides):
     base = dict(subset=96, batch_size=16, epochs=3, log_every=1, loss="lsgan", r1_gamma=1.0, r1_every=2,
-                diffaug="color,translation", ada_target=0.6, ada_kimg=0.2, holdout=32, lr_schedule="linear")
+                diffaug="color,translation", ada_target=0.6, ada_kimg=0.2, holdout=32, lr_schedule="linear",
+                ema_decay=0.9, ema_rampup=0.5)
     return config.make_config("small32", **{**base, **overrides})
 
 
@@ -239,6 +240,26 @@ def test_every_stabiliser_resumes_bit_for_bit(amp, celeba_dir, tmp_path, monkeyp
     assert resumed.state.ada.p == full.state.ada.p > 0
     for p, q in zip(resumed.G.parameters(), full.G.parameters(), strict=True):
         assert torch.equal(p, q)
+    for p, q in zip(resumed.state.ema.parameters(), full.state.ema.parameters(), strict=True):
+        assert torch.equal(p, q)  # the ramped EMA's decay follows its update count, which resumes
+
+
+def test_ema_rampup_averages_over_a_growing_share_of_the_steps():
+    """Decay 0.9 (horizon 10 steps), ramp-up 0.5: the horizon is half the updates so far, at least 1.
+    Update t uses d_t = 1 - 1/max(1, t/2) up to d = 0.9, so updates 1-2 copy G, the 3rd keeps 1/3 of
+    the average, the 4th 1/2 ... and from the 20th on 0.9.  The reference is written out by hand."""
+    decays = [0.0, 0.0, 1 / 3, 1 / 2, 3 / 5, 2 / 3] + [1 - 2 / t for t in range(7, 20)] + [0.9] * 5
+    net = torch.nn.Linear(3, 2)
+    ema = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=ema_update(0.9, 0.5), use_buffers=True)
+    expected = None
+    for t, d in enumerate(decays, start=1):
+        with torch.no_grad():
+            net.weight.copy_(torch.full((2, 3), float(t * t)))  # a trajectory whose average shows each d
+        ema.update_parameters(net)
+        expected = net.weight.clone() if expected is None else d * expected + (1 - d) * net.weight
+        assert torch.allclose(ema.module.weight, expected, rtol=1e-6), t
+    assert ema_decay_at(10**6, 0.999, 0.05) == 0.999 and ema_decay_at(2000, 0.999, 0.0) == 0.999
+    assert ema_decay_at(2000, 0.999, 0.05) == pytest.approx(0.99)  # horizon 100 steps, not 1,000
 
 
 def test_a_time_budget_plans_the_run_length_from_the_measured_speed(monkeypatch):
@@ -322,6 +343,8 @@ class _StopAfter:
     (dict(holdout=-5), "holdout=-5: must be 0 or positive"),
     (dict(holdout=100, fast_data=False), "held-out faces come from the uint8 cache"),
     (dict(r1_gamma=1.0, compile=True), "double backward, which torch.compile does not support"),
+    (dict(ema_rampup=1.5), "ema_rampup=1.5"),
+    (dict(ema_rampup=0.05, ema_decay=0.0), "none is set; add e.g. --ema-decay 0.999"),
 ])
 def test_bad_stabiliser_settings_name_the_field_and_the_fix(bad, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
