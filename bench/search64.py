@@ -38,7 +38,7 @@ COMMON = ["--holdout", str(HOLDOUT), "--log-every", "50", "--keep-generators", "
 
 #: name -> (what it tries, the flags on top of COMMON)
 RUNS: dict[str, tuple[str, list[str]]] = {
-    "fast64": ("the preset as it ships (BCE, labels 0.9)", ["--preset", "fast64"]),
+    "fast64": ("the preset as it shipped then (BCE, labels 0.9, EMA without the ramp)", ["--preset", "fast64"]),
     "lsgan": ("least squares at fast64's settings, targets 0/1 (MMGeneration's LSGAN)",
               ["--preset", "fast64", "--loss", "lsgan", "--real-label", "1,1"]),
     "r1_1": ("fast64 + lazy R1, gamma 1", ["--preset", "fast64", "--r1-gamma", "1"]),
