@@ -121,3 +121,21 @@ def test_a_run_that_diverges_is_listed_as_diverged(celeba_dir, tmp_path, nan_fro
     rows = table(capsys, str(tmp_path))
     assert rows["nan"][-1] == "diverged" and rows["nan"][2] == "4"  # the last good checkpoint's step
     assert rows["fine"][-1] == "finished" and rows["fine"][2] == "4"
+
+
+def test_game_balance_averages_each_window_and_skips_unlogged_columns():
+    """bench/game_balance.py: the window means that show D winning, over exactly the steps inside."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("game_balance", Path(__file__).parents[1] / "bench/game_balance.py")
+    game_balance = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(game_balance)
+    history = {"step": [10, 20, 30, 40, 50], "d_fake": [0.4, 0.2, 0.1, 0.05, 0.0],
+               "d_real": [0.5, 0.5, 0.5, 0.5, 0.5], "d_holdout": []}  # never logged: no column
+    rows = game_balance.window_means(history, every=20)
+    assert [(lo, hi) for lo, hi, _ in rows] == [(1, 20), (21, 40), (41, 60)]
+    assert [round(m["d_fake"], 3) for _, _, m in rows] == [0.3, 0.075, 0.0]
+    assert set(rows[0][2]) == {"d_real", "d_fake"}
+    assert game_balance.window_means({"step": []}, every=20) == []
+    (lo, hi, means), = game_balance.window_means(history, every=20, ends=[35])  # the 20 steps up to step 35
+    assert (lo, hi, round(means["d_fake"], 3)) == (16, 35, 0.15)
