@@ -58,7 +58,7 @@ def main() -> int:
     cfg, total = ckpt["config"], planned_steps(ckpt) or ckpt["step"]
     rows = window_means(ckpt["history"], args.every, args.at)
     if not rows:
-        raise SystemExit(f"{args.checkpoint}: no logged steps yet")
+        raise SystemExit(f"{args.checkpoint}: no logged steps in those windows (step {ckpt['step']:,} so far)")
     names = [COLUMNS[k] for k in rows[0][2]]
     gap = "d_holdout" in rows[0][2]
     print("| steps | LR factor | " + " | ".join(names) + (" | gap |" if gap else " |"))
