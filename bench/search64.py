@@ -31,14 +31,15 @@ sys.path.insert(0, str(ROOT))
 #: Step cost against fast64's, for runs that get fewer steps in the same compute (full width: ~4x the FLOPs).
 COST = {"hinge_fast": 4.0}
 
-#: The search ran before fast64's EMA ramped up; first on the line, so the ``ema_ramp`` run's own value wins.
-BEFORE_RAMP = ["--ema-rampup", "0"]
+#: The search ran before fast64's EMA ramped up and before it took lazy R1 (gamma 0.1); first on the line,
+#: so the ``ema_ramp`` and ``r1_*`` runs' own values win.
+BEFORE_RAMP = ["--ema-rampup", "0", "--r1-gamma", "0"]
 HOLDOUT = 256
 COMMON = ["--holdout", str(HOLDOUT), "--log-every", "50", "--keep-generators", "true", "--checkpoint-minutes", "5"]
 
 #: name -> (what it tries, the flags on top of COMMON)
 RUNS: dict[str, tuple[str, list[str]]] = {
-    "fast64": ("the preset as it shipped then (BCE, labels 0.9, EMA without the ramp)", ["--preset", "fast64"]),
+    "fast64": ("the preset as it shipped then (BCE, labels 0.9, EMA without the ramp, no R1)", ["--preset", "fast64"]),
     "lsgan": ("least squares at fast64's settings, targets 0/1 (MMGeneration's LSGAN)",
               ["--preset", "fast64", "--loss", "lsgan", "--real-label", "1,1"]),
     "r1_1": ("fast64 + lazy R1, gamma 1", ["--preset", "fast64", "--r1-gamma", "1"]),
