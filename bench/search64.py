@@ -33,7 +33,7 @@ COST = {"hinge_fast": 4.0}
 
 #: The search ran before fast64's EMA ramped up and before it took lazy R1 (gamma 0.1); first on the line,
 #: so the ``ema_ramp`` and ``r1_*`` runs' own values win.
-BEFORE_RAMP = ["--ema-rampup", "0", "--r1-gamma", "0"]
+AS_SEARCHED = ["--ema-rampup", "0", "--r1-gamma", "0"]
 HOLDOUT = 256
 COMMON = ["--holdout", str(HOLDOUT), "--log-every", "50", "--keep-generators", "true", "--checkpoint-minutes", "5"]
 
@@ -76,7 +76,7 @@ def train_runs(names: list[str], steps: int, parallel: int, out: Path, subset: i
             folder.mkdir(parents=True, exist_ok=True)
             resume = ["--resume"] if (folder / "checkpoint.pt").is_file() else []
             budget = round(steps / COST.get(name, 1.0))
-            cmd = [sys.executable, str(ROOT / "helpers.py"), "train", *BEFORE_RAMP, *RUNS[name][1], *COMMON, *limited,
+            cmd = [sys.executable, str(ROOT / "helpers.py"), "train", *AS_SEARCHED, *RUNS[name][1], *COMMON, *limited,
                    *epochs, "--max-minutes", "0", "--max-steps", str(budget), "--out", str(folder), *resume]
             log = open(folder / "train.log", "a")
             print(f"{time.strftime('%H:%M:%S')} start {name}: {' '.join(cmd[1:])}", flush=True)
