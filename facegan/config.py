@@ -224,7 +224,8 @@ PRESETS: dict[str, dict] = {
     # img/s, for half the updates).  Lazy R1 at gamma 0.1 keeps D from drifting into winning: without it
     # D(G(z)) sinks and past about 17,800 steps the faces fall apart (FID-1000 51 -> 135); with it D(G(z))
     # holds near 0.35 and FID-1000 falls to 39.2 at step 20,200 (51.4 at the old stop, 16,797), for 3% of
-    # the img/s.  40 epochs (20,360 steps) or 60 minutes, whichever ends first: it levels off after that.
+    # the img/s.  40 epochs (20,360 steps) or 60 minutes, whichever ends first: it levels off after that;
+    # on 2 AVX-512 cores the hour ends first, at 18,897 steps and FID-1000 39.6.
     # The EMA's horizon ramps up (5% of the steps so far): at 2,000 steps FID-1000 92 against 122.
     "fast64": dict(arch="dcgan", image_size=64, z_size=128, g_conv_dim=32, d_conv_dim=32,
                    lr_g=1e-3, lr_d=1e-3, beta1=0.5, beta2=0.99, real_label=(0.9, 0.9), r1_gamma=0.1, r1_every=16,
