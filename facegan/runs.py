@@ -3,6 +3,7 @@
     python helpers.py runs                                   # every run under runs/
     python helpers.py runs runs/a runs/b --plot fid.png      # FID against images seen, one curve a run
     python helpers.py runs runs/a runs/b --score 256 --plot fid.png   # score kept generators now
+    python helpers.py runs runs/a --score 1000 --score-every 2500 --plot fid.png   # one per 2,500 steps
 
 A run is a folder holding ``checkpoint.pt`` (or only its fallback ``checkpoint.prev.pt``, or only
 the ``diverged.json`` a run leaves when it diverges before its first checkpoint).  Each row
@@ -130,8 +131,30 @@ def summarize(run: Path, max_step: int | None = None) -> RunSummary:
     return summary
 
 
-def score_run(summary: RunSummary, n: int, extractor, max_step: int | None = None) -> None:
-    """Replace a run's curve by FID-N of each kept generator and its checkpoint, measured now."""
+def kept_step(path: Path) -> int:
+    """The step in a kept generator's name (``generators/step_0020200.pt`` -> 20200), read without loading it."""
+    return int(path.stem.removeprefix("step_"))
+
+
+def pick_every(steps: list[int], every: int | None) -> list[int]:
+    """With ``every`` = K, the first of ``steps`` at or past each multiple of K (all of them when K is None).
+
+    Runs keep a generator every few hundred steps; scoring each of 80 at 1-3 minutes a score is
+    hours, so a curve over a long run scores one per K steps.
+    """
+    steps = sorted(steps)
+    if not every or not steps:
+        return steps
+    picked: list[int] = []
+    for multiple in range(every, steps[-1] + 1, every):
+        first = next(s for s in steps if s >= multiple)  # exists: the last step is at least this multiple
+        if first not in picked:
+            picked.append(first)
+    return picked
+
+
+def score_run(summary: RunSummary, n: int, extractor, max_step: int | None = None, every: int | None = None) -> None:
+    """Replace a run's curve by FID-N of its kept generators (one per ``every`` steps) and checkpoint, measured now."""
     from .evaluation import evaluate_generator
     from .export import load_generator
 
@@ -139,16 +162,20 @@ def score_run(summary: RunSummary, n: int, extractor, max_step: int | None = Non
     if ckpt is None:
         return
     cfg, per_step = ckpt["config"], ckpt["config"].batch_size * int(ckpt.get("world_size") or 1)
-    points: list[Point] = []
+    kept = {kept_step(p): p for p in (summary.path / "generators").glob("step_*.pt")}
+    kept = {s: p for s, p in kept.items() if s != ckpt["step"] and (max_step is None or s <= max_step)}
     final = summary.path / CHECKPOINT if (summary.path / CHECKPOINT).is_file() else summary.path / PREVIOUS
-    for path in [*sorted((summary.path / "generators").glob("step_*.pt")), final]:
+    paths = [kept[s] for s in pick_every(sorted(kept), every)]
+    if max_step is None or ckpt["step"] <= max_step:
+        paths.append(final)
+    points: list[Point] = []
+    for path in paths:
         step = read_checkpoint(path)["step"]
-        if (max_step is not None and step > max_step) or any(p[0] == step for p in points):
-            continue
         G, _ = load_generator(path)
-        fid = evaluate_generator(G, cfg, n, extractor=extractor)["fid"]
-        points.append((step, step * per_step, fid))
-        print(f"{summary.path}: step {step:,}: FID-{n} {fid:.1f}", flush=True)
+        result = evaluate_generator(G, cfg, n, extractor=extractor)
+        points.append((step, step * per_step, result["fid"]))
+        kid = f", KID {result['kid']:.4f}" if "kid" in result else ""
+        print(f"{summary.path}: step {step:,}: FID-{n} {result['fid']:.2f}{kid}", flush=True)
     summary.points, summary.fid_n = points, n
 
 
@@ -204,6 +231,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score", metavar="N", type=int, default=None,
                         help="measure FID-N now for each run's kept generators (generators/step_*.pt) and final "
                              "checkpoint, instead of the FID tracked in training")
+    parser.add_argument("--score-every", metavar="K", type=int, default=None,
+                        help="with --score: score one kept generator per K steps (the first at or past each "
+                             "multiple of K) instead of every one, and the final checkpoint")
     parser.add_argument("--max-step", type=int, default=None, help="leave out FID points after this step")
     parser.add_argument("--weights", default=None, help="with --score: local FID Inception weights "
                         "(default $FID_WEIGHTS, else download)")
@@ -215,12 +245,15 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.score is not None:
         if args.score < 2:
             raise ValueError(f"--score {args.score}: FID needs at least 2 samples (256 or 1000 are usual)")
+        if args.score_every is not None and args.score_every < 1:
+            raise ValueError(f"--score-every {args.score_every}: give a number of steps, at least 1 "
+                             "(e.g. 2500), or leave it out to score every kept generator")
         from .device import pick_device
         from .evaluation import inception_extractor
 
         extractor = inception_extractor(args.weights, pick_device())
         for summary in summaries:
-            score_run(summary, args.score, extractor, args.max_step)
+            score_run(summary, args.score, extractor, args.max_step, args.score_every)
     print(format_table(summaries))
     for s in summaries:
         if s.problem:

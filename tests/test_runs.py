@@ -96,6 +96,27 @@ def test_score_measures_kept_generators_and_the_checkpoint_now(tmp_path, capsys,
     assert "98.0" in rows["kept"] and "(N=64," in rows["kept"] and (tmp_path / "fid.png").is_file()
 
 
+def test_score_every_scores_one_kept_generator_per_k_steps_and_the_checkpoint(tmp_path, capsys, monkeypatch):
+    run = fake_run(tmp_path / "long", step=40, steps_per_epoch=40, with_weights=True)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    (run / "generators").mkdir()
+    for step in range(3, 40, 3):  # kept every 3 steps: 3, 6, ..., 39
+        torch.save({**ckpt, "step": step}, run / "generators" / f"step_{step:07d}.pt")
+    monkeypatch.setattr(evaluation, "inception_extractor", lambda *a, **k: "extractor")
+    monkeypatch.setattr(evaluation, "evaluate_generator",
+                        lambda G, cfg, n, extractor=None, **k: {"fid": 50.0, "kid": 0.0123})
+    assert cli.main(["runs", str(run), "--score", "64", "--score-every", "10"]) == 0
+    progress = [line for line in capsys.readouterr().out.splitlines() if ": step " in line]
+    assert [int(line.split("step ")[1].split(":")[0]) for line in progress] == [12, 21, 30, 40]  # then the checkpoint
+    assert all(line.endswith("FID-64 50.00, KID 0.0123") for line in progress)
+
+
+def test_score_every_must_be_a_positive_number_of_steps(tmp_path, capsys):
+    run = fake_run(tmp_path / "a", step=8)
+    assert cli.main(["runs", str(run), "--score", "64", "--score-every", "0"]) == 2
+    assert "--score-every 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,expected", [(["--plot", "x.png"], "no FID to plot"), ([], "no runs under")])
 def test_nothing_to_show_is_one_line_with_the_fix(tmp_path, capsys, args, expected):
     if args:
