@@ -131,11 +131,6 @@ def summarize(run: Path, max_step: int | None = None) -> RunSummary:
     return summary
 
 
-def kept_step(path: Path) -> int:
-    """The step in a kept generator's name (``generators/step_0020200.pt`` -> 20200), read without loading it."""
-    return int(path.stem.removeprefix("step_"))
-
-
 def pick_every(steps: list[int], every: int | None) -> list[int]:
     """With ``every`` = K, the first of ``steps`` at or past each multiple of K (all of them when K is None).
 
@@ -162,7 +157,8 @@ def score_run(summary: RunSummary, n: int, extractor, max_step: int | None = Non
     if ckpt is None:
         return
     cfg, per_step = ckpt["config"], ckpt["config"].batch_size * int(ckpt.get("world_size") or 1)
-    kept = {kept_step(p): p for p in (summary.path / "generators").glob("step_*.pt")}
+    # train.py names them by step (generators/step_0020200.pt), so picking needs no loading; other files are skipped
+    kept = {int(p.stem[5:]): p for p in (summary.path / "generators").glob("step_*.pt") if p.stem[5:].isdigit()}
     kept = {s: p for s, p in kept.items() if s != ckpt["step"] and (max_step is None or s <= max_step)}
     final = summary.path / CHECKPOINT if (summary.path / CHECKPOINT).is_file() else summary.path / PREVIOUS
     paths = [kept[s] for s in pick_every(sorted(kept), every)]
@@ -174,8 +170,7 @@ def score_run(summary: RunSummary, n: int, extractor, max_step: int | None = Non
         G, _ = load_generator(path)
         result = evaluate_generator(G, cfg, n, extractor=extractor)
         points.append((step, step * per_step, result["fid"]))
-        kid = f", KID {result['kid']:.4f}" if "kid" in result else ""
-        print(f"{summary.path}: step {step:,}: FID-{n} {result['fid']:.2f}{kid}", flush=True)
+        print(f"{summary.path}: step {step:,}: FID-{n} {result['fid']:.2f}, KID {result['kid']:.4f}", flush=True)
     summary.points, summary.fid_n = points, n
 
 

@@ -89,8 +89,8 @@ def test_score_measures_kept_generators_and_the_checkpoint_now(tmp_path, capsys,
         torch.save({**ckpt, "step": step}, run / "generators" / f"step_{step:07d}.pt")
     scored = []
     monkeypatch.setattr(evaluation, "inception_extractor", lambda *a, **k: "extractor")
-    monkeypatch.setattr(evaluation, "evaluate_generator",
-                        lambda G, cfg, n, extractor=None, **k: scored.append(n) or {"fid": 100.0 - len(scored)})
+    monkeypatch.setattr(evaluation, "evaluate_generator", lambda G, cfg, n, extractor=None, **k:
+                        scored.append(n) or {"fid": 100.0 - len(scored), "kid": 0.01})
     rows = table(capsys, str(run), "--score", "64", "--plot", str(tmp_path / "fid.png"))
     assert scored == [64, 64]  # step 4, step 8; the checkpoint (also step 8) is not scored twice
     assert "98.0" in rows["kept"] and "(N=64," in rows["kept"] and (tmp_path / "fid.png").is_file()
@@ -102,6 +102,7 @@ def test_score_every_scores_one_kept_generator_per_k_steps_and_the_checkpoint(tm
     (run / "generators").mkdir()
     for step in range(3, 40, 3):  # kept every 3 steps: 3, 6, ..., 39
         torch.save({**ckpt, "step": step}, run / "generators" / f"step_{step:07d}.pt")
+    (run / "generators" / "step_best.pt").write_bytes(b"a copy a user made")  # not a kept generator's name
     monkeypatch.setattr(evaluation, "inception_extractor", lambda *a, **k: "extractor")
     monkeypatch.setattr(evaluation, "evaluate_generator",
                         lambda G, cfg, n, extractor=None, **k: {"fid": 50.0, "kid": 0.0123})
