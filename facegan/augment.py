@@ -13,6 +13,12 @@ The three transforms of the paper's policy, each drawn independently per image:
 - ``translation``: shift by up to 1/8 of the side, filling with zeros (mid-grey in [-1, 1]);
 - ``cutout``: zero a square of half the side at a random place.
 
+And two milder ones for faces, the rotation and lighting changes a camera brings:
+
+- ``rotation``: turn by up to 15 degrees either way, the corners filled by reflection, so no
+  black wedge tells D which images were turned;
+- ``lighting``: gain on the light (x U(0.8, 1.2)), contrast and saturation (each x U(0.8, 1.2)).
+
 Images are in [-1, 1], as G makes them.
 
 Adaptive augmentation (ADA, Karras et al. 2020) applies each transform to an image only
@@ -64,7 +70,49 @@ def cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
     return x * keep.unsqueeze(1).to(x.dtype)
 
 
-TRANSFORMS = {"color": color, "translation": translation, "cutout": cutout}
+def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Turn each image by its angle (degrees, clockwise on screen) about its centre; corners by reflection.
+
+    ``affine_grid`` gives, for every output pixel, where to read in the input; ``grid_sample``
+    reads there by bilinear interpolation, which is differentiable in the image.  Sampling runs
+    in fp32 (bf16 sampling positions would be off by up to a pixel at the border).
+    """
+    t = degrees.float().to(x.device) * (torch.pi / 180)
+    cos, sin, zero = t.cos(), t.sin(), torch.zeros_like(t)
+    # Output pixel (u, v) reads the input at (cos u + sin v, -sin u + cos v), in affine_grid's [-1, 1]
+    # coordinates (x right, y down): on screen, where y points down, the content turns clockwise by t.
+    theta = torch.stack([torch.stack([cos, sin, zero], 1), torch.stack([-sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return out.to(x.dtype)
+
+
+def rotation(x: torch.Tensor, max_degrees: float = 15.0) -> torch.Tensor:
+    """Turn each image by an angle drawn from U(-max_degrees, max_degrees)."""
+    return rotate(x, (torch.rand(x.size(0), device=x.device) * 2 - 1) * max_degrees)
+
+
+def lighting(x: torch.Tensor, brightness: float = 0.2, contrast: float = 0.2,
+             saturation: float = 0.2) -> torch.Tensor:
+    """Per image: the light's gain x U(1 - b, 1 + b), then contrast and saturation, each x U(1 - r, 1 + r).
+
+    Brightness scales the intensities in [0, 1] (black stays black, as under more or less
+    light); contrast scales each image's distance from its mean; saturation each pixel's
+    distance from its grey value.  Milder than ``color``, whose brightness shift of up to half
+    the range and saturation of up to x2 draw faces no camera takes.
+    """
+    def factor(spread: float) -> torch.Tensor:
+        return 1 + (torch.rand(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype) * 2 - 1) * spread
+
+    x = (x + 1) * factor(brightness) - 1
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * factor(contrast) + mean
+    grey = x.mean(dim=1, keepdim=True)
+    return (x - grey) * factor(saturation) + grey
+
+
+TRANSFORMS = {"color": color, "translation": translation, "cutout": cutout, "rotation": rotation,
+              "lighting": lighting}
 
 
 def diff_augment(x: torch.Tensor, policy: str, p: float = 1.0) -> torch.Tensor:

@@ -16,7 +16,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 #: The DiffAugment transforms ``Config.diffaug`` may name (facegan/augment.py implements them).
-AUGMENTATIONS = ("color", "translation", "cutout")
+AUGMENTATIONS = ("color", "translation", "cutout", "rotation", "lighting")
 
 #: Names from older checkpoints, and what they are called now.
 LEGACY_NAMES = {"g_dim": "g_conv_dim", "d_dim": "d_conv_dim"}
@@ -63,7 +63,7 @@ class Config:
     lr_schedule: str = "constant"  # constant | linear | cosine
     ema_decay: float = 0.0  # EMA of G's weights; 0 disables, 0.999 is typical
     ema_rampup: float = 0.0  # EMA horizon grows as this fraction of the steps so far, up to ema_decay's; 0 = off
-    diffaug: str = ""  # DiffAugment policy for D's inputs, real and fake: comma-separated color, translation, cutout
+    diffaug: str = ""  # DiffAugment on D's inputs: comma-separated color, translation, cutout, rotation, lighting
     batch_size: int = 64  # images per step
     epochs: int = 5  # passes over the data set
     max_steps: int = 0  # stop after this many steps; 0 = run all epochs

@@ -49,6 +49,73 @@ def test_color_changes_brightness_saturation_and_contrast_per_image():
     assert y.mean((1, 2, 3)).std() > x.mean((1, 2, 3)).std()  # per-image brightness spreads the means
 
 
+def test_rotate_by_90_degrees_is_a_quarter_turn_and_0_degrees_is_identity():
+    """At 90 degrees every pixel centre lands on a pixel centre, so bilinear sampling is exact."""
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.allclose(augment.rotate(x, torch.tensor([90.0, 90.0])), torch.rot90(x, -1, (2, 3)), atol=1e-5)
+    assert torch.allclose(augment.rotate(x, torch.zeros(2)), x, atol=1e-5)
+
+
+def _bar_angles(images: torch.Tensor) -> torch.Tensor:
+    """The orientation (degrees) of the bright bar in each image, from the second moments of its pixels."""
+    w = images[:, 0].clamp(min=0)
+    side = images.size(-1)
+    ys, xs = torch.meshgrid(torch.arange(float(side)), torch.arange(float(side)), indexing="ij")
+    mass = w.sum((1, 2))
+    my, mx = (w * ys).sum((1, 2)) / mass, (w * xs).sum((1, 2)) / mass
+    dy, dx = ys - my.view(-1, 1, 1), xs - mx.view(-1, 1, 1)
+    cyy, cxx, cxy = ((w * dy * dy).sum((1, 2)), (w * dx * dx).sum((1, 2)), (w * dx * dy).sum((1, 2)))
+    return torch.rad2deg(0.5 * torch.atan2(2 * cxy, cxx - cyy))
+
+
+def test_rotation_turns_each_image_by_at_most_15_degrees_drawn_per_image():
+    torch.manual_seed(0)
+    bar = -torch.ones(400, 3, 32, 32)
+    bar[:, :, 15:17, 4:28] = 1.0  # a horizontal bar through the centre: its orientation is the angle turned
+    angles = _bar_angles(augment.rotation(bar))
+    assert angles.abs().max() <= 15.5  # within the range (half a degree for the pixel grid)
+    assert angles.abs().max() > 13 and angles.min() < -13 < 13 < angles.max()  # both ways, to the ends
+    assert 6 < angles.abs().mean() < 9  # spread over the range, not bunched: U(-15, 15) has mean |a| 7.5
+    out = augment.rotation(_image())
+    assert out.min() >= 0.5 - 1e-5  # reflection fills the corners with image content, never with zeros
+
+
+def test_lighting_scales_light_contrast_and_saturation_within_their_ranges():
+    torch.manual_seed(0)
+    x = torch.rand(500, 3, 8, 8) * 1.6 - 0.8
+    only_light = augment.lighting(x, brightness=0.2, contrast=0, saturation=0)
+    gain = (only_light + 1) / (x + 1)  # brightness multiplies the intensities in [0, 1]: one gain per image
+    assert torch.allclose(gain, gain[:, :1, :1, :1].expand_as(gain), atol=1e-4)
+    assert 0.8 - 1e-4 <= gain.min() and gain.max() <= 1.2 + 1e-4 and gain.min() < 0.82 and gain.max() > 1.18
+    only_contrast = augment.lighting(x, brightness=0, contrast=0.2, saturation=0)
+    assert torch.allclose(only_contrast.mean((1, 2, 3)), x.mean((1, 2, 3)), atol=1e-5)  # the mean stays
+    ratio = only_contrast.std((1, 2, 3)) / x.std((1, 2, 3))
+    assert 0.8 - 1e-4 <= ratio.min() and ratio.max() <= 1.2 + 1e-4 and ratio.std() > 0.05
+    grey = x.mean(1, keepdim=True).expand_as(x)
+    assert torch.allclose(augment.lighting(grey, brightness=0, contrast=0, saturation=0.2), grey, atol=1e-6)
+    only_sat = augment.lighting(x, brightness=0, contrast=0, saturation=0.2)
+    assert torch.allclose(only_sat.mean(1), x.mean(1), atol=1e-5)  # each pixel's grey value stays
+    chroma = (only_sat - only_sat.mean(1, keepdim=True)).flatten(1).norm(dim=1) / (x - grey).flatten(1).norm(dim=1)
+    assert 0.8 - 1e-4 <= chroma.min() and chroma.max() <= 1.2 + 1e-4 and chroma.std() > 0.05
+
+
+@pytest.mark.parametrize("policy", ["rotation", "lighting", "rotation,lighting"])
+def test_rotation_and_lighting_are_differentiable_ops_that_change_images(policy):
+    torch.manual_seed(0)
+    x = _image().requires_grad_(True)
+    y = augment.diff_augment(x, policy)
+    assert y.shape == x.shape and not torch.allclose(y, x, atol=1e-3)  # applied, it changes every image
+    assert all(not torch.allclose(y[i], x[i], atol=1e-3) for i in range(len(x)))
+    y.square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # G's gradient flows back through them
+    assert torch.equal(augment.diff_augment(x, policy, p=0.0), x)  # ADA at p = 0: untouched
+    many = _image(64)
+    half = augment.diff_augment(many, policy, p=0.5)
+    changed = [not torch.equal(half[i], many[i]) for i in range(len(many))]
+    assert 0 < sum(changed) < len(many)  # with p = 0.5, some images pass untouched and some do not
+    assert torch.isfinite(augment.diff_augment(x.detach().bfloat16(), policy)).all()  # bf16 fakes too
+
+
 def test_diff_augment_is_differentiable_and_empty_policy_is_identity():
     x = _image().requires_grad_(True)
     assert augment.diff_augment(x, "") is x
