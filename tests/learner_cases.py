@@ -352,6 +352,40 @@ class LastHiddenWithoutBatchNormG(nn.Module):
         return self.net(self.fc(z).view(-1, self.top, self.side, self.side))
 
 
+class TopTypedG(nn.Module):
+    """The projection's depth typed as conv_dim * 4, right for n_layers=3 only."""
+
+    def __init__(self, z_size=100, conv_dim=32, n_layers=3):
+        super().__init__()
+        self.top, self.side = conv_dim * 4, 32 // 2**n_layers
+        self.fc = nn.Linear(z_size, self.top * self.side**2)
+        layers, ch = [nn.BatchNorm2d(self.top), nn.ReLU()], self.top
+        for _ in range(n_layers - 1):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1), nn.BatchNorm2d(ch // 2), nn.ReLU()]
+            ch //= 2
+        self.net = nn.Sequential(*layers, nn.ConvTranspose2d(ch, 3, 4, 2, 1), nn.Tanh())
+
+    def forward(self, z):
+        return self.net(self.fc(z).view(-1, self.top, self.side, self.side))
+
+
+class TanhBeforeOutputG(nn.Module):
+    """nn.Tanh() appended inside the loop's list, one line before the output layer."""
+
+    def __init__(self, z_size=100, conv_dim=32, n_layers=3):
+        super().__init__()
+        self.top, self.side = conv_dim * 2 ** (n_layers - 1), 32 // 2**n_layers
+        self.fc = nn.Linear(z_size, self.top * self.side**2)
+        layers, ch = [nn.BatchNorm2d(self.top), nn.ReLU()], self.top
+        for _ in range(n_layers - 1):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1), nn.BatchNorm2d(ch // 2), nn.ReLU()]
+            ch //= 2
+        self.net = nn.Sequential(*layers, nn.Tanh(), nn.ConvTranspose2d(ch, 3, 4, 2, 1))
+
+    def forward(self, z):
+        return self.net(self.fc(z).view(-1, self.top, self.side, self.side))
+
+
 # --- weights_init_normal
 
 def init_zeros_every_bias(m):
@@ -801,6 +835,12 @@ MISTAKES: list[Mistake] = [
     _m("G ch / 2 channels (crash)", "test_generator", "G3",
        "n_layers transposed convolutions that double its size and halve its channels",
        FloatChannelsG, "ch / 2", "integer division"),
+    _m("G projection depth typed as conv_dim * 4", "test_generator", "G7",
+       "every width and size must come from the arguments",
+       TopTypedG, "2**(n_layers - 1)", "2 ** (n_layers - 1)", "256 channels"),
+    _m("G tanh before the output layer", "test_generator", "G6",
+       "The last one takes exactly conv_dim channels and outputs 3, with tanh alone after it.",
+       TanhBeforeOutputG, "before the last", "tanh before", "order"),
     _m("G last hidden layer without BatchNorm", "test_generator", "G4",
        "each but the last followed by BatchNorm and ReLU", LastHiddenWithoutBatchNormG, "batchnorm"),
     # weights_init_normal
