@@ -102,13 +102,13 @@ def lighting(x: torch.Tensor, brightness: float = 0.2, contrast: float = 0.2,
     the range and saturation of up to x2 draw faces no camera takes.
     """
     def factor(spread: float) -> torch.Tensor:
-        return 1 + (torch.rand(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype) * 2 - 1) * spread
+        return 1 + (torch.rand(x.size(0), 1, 1, 1, device=x.device) * 2 - 1) * spread
 
-    x = (x + 1) * factor(brightness) - 1
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * factor(contrast) + mean
-    grey = x.mean(dim=1, keepdim=True)
-    return (x - grey) * factor(saturation) + grey
+    y = (x.float() + 1) * factor(brightness) - 1  # in fp32: bf16 fakes would round at each of the six ops
+    mean = y.mean(dim=(1, 2, 3), keepdim=True)
+    y = (y - mean) * factor(contrast) + mean
+    grey = y.mean(dim=1, keepdim=True)
+    return ((y - grey) * factor(saturation) + grey).to(x.dtype)
 
 
 TRANSFORMS = {"color": color, "translation": translation, "cutout": cutout, "rotation": rotation,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ class Config:
     r1_every: int = 16  # lazy R1: the penalty on every k-th D step only, scaled by k (Karras et al. 2020)
     ada_target: float = 0.0  # ADA: p of the diffaug ops steered so E[sign(D(real))] nears this; 0 = off, 0.6 typical
     ada_kimg: float = 100.0  # ADA: thousands of images over which p can move from 0 to 1
+    feature_matching: float = 0.0  # weight of G's feature matching loss on D's last hidden features; 0 = off
+    progressive: str = ""  # ProGAN (dcgan): "A,B" = steps or run fractions at half size, then fading in; "" = off
     holdout: int = 0  # real faces kept out of training, scored by D at logged steps (overfitting shows); 0 = off
     # --- optimisation
     lr_g: float = 2e-4  # generator learning rate
@@ -166,6 +169,41 @@ class Config:
                 "support: use --compile false")
         if self.holdout and not self.fast_data:
             bad("holdout", "the held-out faces come from the uint8 cache: drop --fast-data false, or use --holdout 0")
+        if not (self.feature_matching >= 0 and math.isfinite(self.feature_matching)):
+            bad("feature_matching", "give the loss's weight, e.g. 1, or 0 to turn feature matching off")
+        self._validate_progressive(bad)
+
+    def _validate_progressive(self, bad) -> None:
+        """``progressive``: two numbers, each a fraction of the run (below 1) or a whole number of steps."""
+        if not self.progressive:
+            return
+        how = ("give two comma-separated numbers, the half-size stage and the fade: fractions of the run "
+               "(e.g. '0.25,0.25') or whole numbers of steps (e.g. '4000,4000'); '' turns growing off")
+        try:
+            values = [float(v) for v in self.progressive.split(",")]
+        except ValueError:
+            values = []
+        if len(values) != 2 or not all(v >= 0 and (v < 1 or v == int(v)) for v in values):
+            bad("progressive", how)
+        if all(v < 1 for v in values) and sum(values) > 1:
+            bad("progressive", "the half-size stage and the fade take more than the whole run; their fractions "
+                "must add up to at most 1")
+        if self.arch != "dcgan":
+            bad("progressive", "progressive growing is built for the dcgan models; use --arch dcgan or drop it")
+        if self.compile:
+            bad("compile", "progressive growing changes the models' path as it fades in, which would recompile "
+                "them at every step: use --compile false")
+
+    def growth_steps(self, total_steps: int) -> tuple[int, int]:
+        """(first step of the fade, first step at full size alone) of ``progressive``; (0, 0) when off.
+
+        Fractions are of ``total_steps``, the run's planned length, which the checkpoint keeps, so a
+        resumed run grows on the same steps as one that never stopped.
+        """
+        if not self.progressive:
+            return 0, 0
+        half, fade = (round(v * total_steps) if v < 1 else int(v) for v in map(float, self.progressive.split(",")))
+        return half, half + fade
 
     def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes).validate()

@@ -136,6 +136,19 @@ def r1_penalty(real_out: torch.Tensor, real_in: torch.Tensor) -> torch.Tensor:
     return grad.float().square().flatten(1).sum(1).mean()
 
 
+def feature_matching_loss(fake_features: torch.Tensor, real_mean: torch.Tensor) -> torch.Tensor:
+    """Feature matching (Salimans et al. 2016):  mean over features of (E f(x) - E f(G(z)))^2.
+
+    f is D's last hidden layer.  Instead of only fooling D's final verdict, G also matches the
+    average of what D looks at on real faces; a G drawing the same few faces over and over
+    cannot match the batch mean of varied ones, so it counters collapse.  ``real_mean`` is the
+    batch mean of f on real images (a constant here: no gradient goes to the reals' side); the
+    squares are averaged over features, as the paper's code does, so the weight does not grow
+    with D's width.
+    """
+    return (fake_features.float().mean(0) - real_mean.float()).square().mean()
+
+
 #: Config.loss -> (D's loss(real_out, fake_out, real_label), G's loss(fake_out)).  ``real_label``
 #: only matters for BCE and least squares; the hinge and Wasserstein losses take it and ignore it.
 LOSSES: dict[str, tuple[Callable[..., torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]] = {

@@ -15,6 +15,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .config import Config
 
@@ -65,8 +66,10 @@ class Discriminator(nn.Module):
         fc = nn.Linear(in_ch * side * side, 1)
         self.fc = _spectral(fc) if norm == "spectral" else fc
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).flatten(1))
+    def forward(self, x: torch.Tensor, with_features: bool = False):
+        """One logit per image; with ``with_features`` also the last hidden features it is read from."""
+        h = self.features(x).flatten(1)
+        return (self.fc(h), h) if with_features else self.fc(h)
 
 
 class Generator(nn.Module):
@@ -114,6 +117,41 @@ def dcgan_widths(conv_dim: int, image_size: int = 64) -> list[int]:
     return [conv_dim * min(2**i, 8) for i in range(int(math.log2(image_size)) - 2)]
 
 
+class HalfSizeStage(nn.Module):
+    """Progressive growing's extra layer (Karras et al. 2018), and how far the full size is faded in.
+
+    In G a ``to_rgb`` 1x1 convolution turns the half-size feature map into an image; in D a
+    ``from_rgb`` 1x1 convolution (and LeakyReLU) turns a half-size image into D's first feature
+    map.  ``alpha`` is the full-size path's share: 0 while the models train at half size, rising
+    to 1 over the fade, 1 from then on (the full-size models alone, as without growing).  It is
+    saved with the weights (``get_extra_state``), so a generator kept mid-run samples as it trained.
+    """
+
+    def __init__(self, conv: nn.Module, act: nn.Module | None = None):
+        super().__init__()
+        self.conv, self.act, self.alpha = conv, act or nn.Identity(), 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
+
+    @torch.no_grad()
+    def widen_init(self) -> None:
+        """After ``weights_init_normal``: 4x its std for this 1x1 convolution.
+
+        DCGAN's N(0, 0.02) suits 4x4 kernels; a 1x1 kernel reads 16x fewer inputs, so at the same
+        std its outputs come out 4x smaller: near-grey half-size images whose small gradients bf16
+        rounds to a third of a minibatch's noise (a tenth at 4x, as for the full-size layers).
+        """
+        conv = self.conv
+        (conv.parametrizations.weight.original if hasattr(conv, "parametrizations") else conv.weight).mul_(4.0)
+
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.tensor(self.alpha)
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.alpha = float(state)
+
+
 class DCGANDiscriminator(nn.Module):
     """The all-convolutional DCGAN discriminator: five layers at 64x64, one more per doubling.
 
@@ -122,9 +160,11 @@ class DCGANDiscriminator(nn.Module):
     to one logit.  ``norm`` picks BatchNorm (DCGAN), layer norm (a WGAN-GP
     critic) or spectral norm (hinge GAN); ``dropout`` is the "improved" recipe's.
     At 128 or 256 pixels the same layers follow one or two more stride-2 ones.
+    ``grow`` adds progressive growing's half-size input (``HalfSizeStage``).
     """
 
-    def __init__(self, conv_dim: int = 64, norm: str = "batch", dropout: float = 0.0, image_size: int = 64):
+    def __init__(self, conv_dim: int = 64, norm: str = "batch", dropout: float = 0.0, image_size: int = 64,
+                 grow: bool = False):
         super().__init__()
         self.conv_dim = conv_dim
         wrap = _spectral if norm == "spectral" else (lambda m: m)
@@ -140,9 +180,26 @@ class DCGANDiscriminator(nn.Module):
                 layers.append(nn.Dropout(dropout))
         layers.append(wrap(nn.Conv2d(chans[-1], 1, 4, 1, 0)))
         self.net = nn.Sequential(*layers)
+        self.first = 3 if dropout else 2  # the modules of the first (full-size) layer
+        self.grow = HalfSizeStage(wrap(nn.Conv2d(3, chans[1], 1)), nn.LeakyReLU(0.2)) if grow else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).flatten(1)
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """D's last hidden feature map, the one its final convolution reads the logit from."""
+        alpha = 1.0 if self.grow is None else self.grow.alpha
+        if alpha >= 1:
+            return self.net[:-1](x)
+        h = self.grow(F.avg_pool2d(x, 2))  # the half-size image, through from_rgb
+        if alpha > 0:  # fading in: the full-size first layer's share grows with alpha
+            h = torch.lerp(h, self.net[:self.first](x), alpha)
+        return self.net[self.first:-1](h)
+
+    def forward(self, x: torch.Tensor, with_features: bool = False):
+        """One logit per image, shape (N, 1); with ``with_features`` also D's last hidden features, flat."""
+        if self.grow is None and not with_features:
+            return self.net(x).flatten(1)
+        h = self.features(x)
+        out = self.net[-1](h).flatten(1)
+        return (out, h.flatten(1)) if with_features else out
 
 
 class LatentProjection(nn.ConvTranspose2d):
@@ -172,10 +229,12 @@ class DCGANGenerator(nn.Module):
     A 4x4 transposed convolution without padding turns the 1x1 latent into a
     4x4 map with 8ngf channels; four stride-2 transposed convolutions take it
     to 8, 16, 32 and 64 pixels, the last one with 3 channels and tanh.  Each
-    doubling beyond 64 (``image_size`` 128 or 256) adds one stride-2 layer.
+    doubling beyond 64 (``image_size`` 128 or 256) adds one stride-2 layer.  ``grow`` adds
+    progressive growing's half-size output (``HalfSizeStage``); at ``alpha`` 1 it is unused.
     """
 
-    def __init__(self, z_size: int = 128, conv_dim: int = 64, activation: str = "relu", image_size: int = 64):
+    def __init__(self, z_size: int = 128, conv_dim: int = 64, activation: str = "relu", image_size: int = 64,
+                 grow: bool = False):
         super().__init__()
         self.z_size, self.conv_dim = z_size, conv_dim
         act = (lambda: nn.LeakyReLU(0.2, inplace=True)) if activation == "leaky" else (lambda: nn.ReLU(True))
@@ -188,9 +247,18 @@ class DCGANGenerator(nn.Module):
                        nn.BatchNorm2d(chans[i + 1]), act()]
         layers += [nn.ConvTranspose2d(conv_dim, 3, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
+        self.grow = HalfSizeStage(nn.Conv2d(conv_dim, 3, 1), nn.Tanh()) if grow else None
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z.view(z.size(0), self.z_size, 1, 1))
+        z = z.view(z.size(0), self.z_size, 1, 1)
+        alpha = 1.0 if self.grow is None else self.grow.alpha
+        if alpha >= 1:
+            return self.net(z)
+        h = self.net[:-2](z)  # the half-size feature map
+        # The half-size image, each pixel repeated 2x2: images keep their full size whatever the stage,
+        # so data, grids and FID are untouched, and D's avg-pooling reads the half-size image back exactly.
+        low = F.interpolate(self.grow(h), scale_factor=2, mode="nearest")
+        return torch.lerp(low, self.net[-2:](h), alpha) if alpha > 0 else low
 
 
 def weights_init_normal(m: nn.Module) -> None:
@@ -215,10 +283,14 @@ def build_models(cfg: Config) -> tuple[nn.Module, nn.Module]:
         D = Discriminator(cfg.d_conv_dim, cfg.n_layers, cfg.image_size, cfg.d_norm, cfg.d_dropout)
         G = Generator(cfg.z_size, cfg.g_conv_dim, cfg.n_layers, cfg.image_size, cfg.g_activation)
     else:
-        D = DCGANDiscriminator(cfg.d_conv_dim, cfg.d_norm, cfg.d_dropout, cfg.image_size)
-        G = DCGANGenerator(cfg.z_size, cfg.g_conv_dim, cfg.g_activation, cfg.image_size)
+        grow = bool(cfg.progressive)  # progressive growing's half-size layers (the finished G ignores them)
+        D = DCGANDiscriminator(cfg.d_conv_dim, cfg.d_norm, cfg.d_dropout, cfg.image_size, grow)
+        G = DCGANGenerator(cfg.z_size, cfg.g_conv_dim, cfg.g_activation, cfg.image_size, grow)
     D.apply(weights_init_normal)
     G.apply(weights_init_normal)
+    for net in (D, G):
+        if getattr(net, "grow", None) is not None:
+            net.grow.widen_init()
     return D, G
 
 

@@ -8,11 +8,12 @@ computed for them only to be thrown away.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from . import distributed as ddp
 from .augment import diff_augment
 from .device import autocast
-from .losses import DECISION_CENTRE, LOSSES, gradient_penalty, r1_penalty
+from .losses import DECISION_CENTRE, LOSSES, feature_matching_loss, gradient_penalty, r1_penalty
 from .models import sample_latent
 from .state import TrainState, bare
 from .updates import lr_factor
@@ -31,6 +32,35 @@ def _d_input(state: TrainState, x: torch.Tensor) -> torch.Tensor:
     return x + sigma * torch.randn_like(x) if sigma > 0 else x
 
 
+def growth_alpha(state: TrainState) -> float:
+    """Progressive growing: the full-size path's share at this step (0 at half size, 1 at full size).
+
+    A function of the configuration, the step and the run's planned length only, which the
+    checkpoint holds, so a resumed run fades in on the same steps as one that never stopped.
+    """
+    fade, full = state.config.growth_steps(state.total_steps)
+    if state.step >= full:
+        return 1.0
+    return max(0.0, (state.step - fade) / (full - fade))
+
+
+def _grow(state: TrainState, real: torch.Tensor) -> torch.Tensor:
+    """Set this step's alpha in G, D and the EMA copy; return the reals faded as G's images are.
+
+    At half size G's images are its half-size images with each pixel repeated 2x2; while the
+    full size fades in, they are a mix of the two.  The reals get the same mix of their own
+    half- and full-size versions (as in ProGAN), so D cannot tell them apart by sharpness alone.
+    """
+    alpha = growth_alpha(state)
+    for model in (bare(state.G), bare(state.D), state.ema.module if state.ema is not None else None):
+        if model is not None:
+            model.grow.alpha = alpha
+    if alpha >= 1:
+        return real
+    low = F.interpolate(F.avg_pool2d(real, 2), scale_factor=2, mode="nearest")
+    return torch.lerp(low, real, alpha) if alpha > 0 else low
+
+
 def _steer_ada(state: TrainState, d_real: torch.Tensor, d_fake: torch.Tensor) -> None:
     """ADA: count which reals D calls real, and every few steps move the augmentation probability."""
     cfg = state.config
@@ -39,6 +69,35 @@ def _steer_ada(state: TrainState, d_real: torch.Tensor, d_fake: torch.Tensor) ->
         centre = sum(cfg.real_label) / 4
     state.ada.observe(d_real, d_fake.detach().float().mean() if centre is None else centre)
     state.ada.adjust(lambda t: ddp.sum_over_ranks(t, state.device))
+
+
+def _g_step(state: TrainState, fake: torch.Tensor, real_mean: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """G's update through D, whose weights are frozen (their gradients would be thrown away).
+
+    ``real_mean``: the batch mean of D's last hidden features on the reals, when G also matches
+    them (``Config.feature_matching``); the reported G loss then includes the weighted term.
+    """
+    cfg, D, g_loss_fn = state.config, state.D, LOSSES[state.config.loss][1]
+    metrics = {}
+    state.g_opt.zero_grad(set_to_none=True)
+    D.requires_grad_(False)
+    with autocast(cfg, state.device):
+        if real_mean is None:
+            out = D(_d_input(state, fake)).float()
+        else:
+            out, fake_features = D(_d_input(state, fake), with_features=True)
+            out = out.float()
+        # Least squares: G's target is D's target for reals (their mean, when smoothed).
+        g_loss = g_loss_fn(out, sum(cfg.real_label) / 2) if cfg.loss == "lsgan" else g_loss_fn(out)
+        if real_mean is not None:
+            metrics["feature_matching"] = feature_matching_loss(fake_features, real_mean)
+            g_loss = g_loss + cfg.feature_matching * metrics["feature_matching"]
+    g_loss.backward()
+    D.requires_grad_(True)
+    state.g_opt.step()
+    if state.ema is not None:
+        state.ema.update_parameters(bare(state.G))  # the same all-reduced weights on every rank
+    return {**{k: v.detach() for k, v in metrics.items()}, "g_loss": g_loss.detach()}
 
 
 def train_step(state: TrainState, real: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -53,8 +112,10 @@ def train_step(state: TrainState, real: torch.Tensor) -> dict[str, torch.Tensor]
     cfg, D, G = state.config, state.D, state.G
     D.train()
     G.train()
+    if cfg.progressive:
+        real = _grow(state, real)
     g_turn = (state.step + 1) % cfg.n_critic == 0
-    d_loss_fn, g_loss_fn = LOSSES[cfg.loss]
+    d_loss_fn, real_mean = LOSSES[cfg.loss][0], None
     z = sample_latent(real.size(0), cfg, state.device)
     with torch.set_grad_enabled(g_turn), autocast(cfg, state.device):
         fake = G(z)
@@ -66,7 +127,11 @@ def train_step(state: TrainState, real: torch.Tensor) -> dict[str, torch.Tensor]
         real_in = _d_input(state, real)
         if r1_due:  # the penalty needs D's gradient with respect to the very images it scored
             real_in = real_in.detach().requires_grad_(True)
-        d_real = D(real_in)
+        if cfg.feature_matching and g_turn:  # the reals' features for G's feature matching, from this forward
+            d_real, real_features = D(real_in, with_features=True)
+            real_mean = real_features.detach().float().mean(0)
+        else:
+            d_real = D(real_in)
         d_fake = D(_d_input(state, fake.detach()))
         d_loss = d_loss_fn(d_real.float(), d_fake.float(), cfg.real_label)
     if cfg.loss == "wgan-gp":
@@ -77,19 +142,7 @@ def train_step(state: TrainState, real: torch.Tensor) -> dict[str, torch.Tensor]
     if state.ada is not None:
         _steer_ada(state, d_real, d_fake)
 
-    # Generator: through D, whose weights are frozen (their gradients would be thrown away).
-    if g_turn:
-        state.g_opt.zero_grad(set_to_none=True)
-        D.requires_grad_(False)
-        with autocast(cfg, state.device):
-            out = D(_d_input(state, fake)).float()
-            # Least squares: G's target is D's target for reals (their mean, when smoothed).
-            g_loss = g_loss_fn(out, sum(cfg.real_label) / 2) if cfg.loss == "lsgan" else g_loss_fn(out)
-        g_loss.backward()
-        D.requires_grad_(True)
-        state.g_opt.step()
-        if state.ema is not None:
-            state.ema.update_parameters(bare(G))  # the same all-reduced weights on every rank
+    g_metrics = _g_step(state, fake, real_mean) if g_turn else {}  # none on critic-only steps (n_critic > 1)
 
     state.step += 1
     factor = lr_factor(cfg.lr_schedule, state.step, state.total_steps)
@@ -104,6 +157,4 @@ def train_step(state: TrainState, real: torch.Tensor) -> dict[str, torch.Tensor]
         metrics["r1"] = penalty.detach()
     if state.ada is not None:
         metrics["ada_p"] = torch.tensor(state.ada.p)
-    if g_turn:  # a critic-only step (n_critic > 1) has no G loss: a 0 here would drag the logged mean down
-        metrics["g_loss"] = g_loss.detach()
-    return metrics
+    return {**metrics, **g_metrics}  # a critic-only step reports no G loss: a 0 would drag the logged mean down

@@ -205,3 +205,83 @@ def test_bad_configuration_values_name_the_field():
 def test_config_round_trips_through_a_dict():
     cfg = config.make_config("improved64", lr_schedule="cosine", ema_decay=0.999)
     assert config.Config.from_dict(cfg.to_dict()) == cfg
+
+
+# --- D's features and progressive growing
+
+@pytest.mark.parametrize("preset", ["small32", "fast64", "hinge_sn64"])
+def test_d_returns_the_features_its_logit_is_read_from_without_changing_the_logit(preset):
+    torch.manual_seed(0)
+    cfg = config.make_config(preset)
+    D, _ = models.build_models(cfg)
+    D.eval()  # in training mode spectral norm's power iteration moves at every call
+    x = torch.randn(4, 3, cfg.image_size, cfg.image_size)
+    plain = D(x)
+    out, h = D(x, with_features=True)
+    assert torch.equal(out, plain)  # the same computation, split: the logit is bit for bit the same
+    assert h.shape[0] == 4 and h.dim() == 2 and h.shape[1] > 1
+    last = D.fc if preset == "small32" else D.net[-1]  # the features are exactly what the last layer reads
+    reread = last(h) if preset == "small32" else last(h.view(4, -1, 4, 4)).flatten(1)
+    assert torch.allclose(reread, out, atol=1e-6)
+
+
+def _growing(alpha: float, **overrides):
+    torch.manual_seed(0)
+    D, G = models.build_models(config.make_config("fast64", progressive="0.25,0.25", **overrides))
+    for m in (D, G):
+        m.grow.alpha = alpha
+    return D.eval(), G.eval()
+
+
+def test_grown_models_at_alpha_1_are_the_plain_models_bit_for_bit():
+    D, G = _growing(1.0)
+    plain_D, plain_G = models.build_models(config.make_config("fast64"))
+    for grown, plain in ((D, plain_D), (G, plain_G)):
+        weights = {k: v for k, v in grown.state_dict().items() if not k.startswith("grow.")}
+        plain.load_state_dict(weights)  # the layout is fast64's, plus the half-size layers
+        plain.eval()
+    z, x = torch.randn(3, 128, 1, 1), torch.rand(3, 3, 64, 64) * 2 - 1
+    assert torch.equal(G(z), plain_G(z)) and torch.equal(D(x), plain_D(x))
+
+
+def test_at_alpha_0_the_models_work_at_half_size_and_skip_the_full_size_layers():
+    D, G = _growing(0.0)
+    z = torch.randn(3, 128, 1, 1)
+    img = G(z)
+    assert img.shape == (3, 3, 64, 64) and img.abs().max() <= 1
+    assert torch.equal(img, img[:, :, ::2, ::2].repeat_interleave(2, 2).repeat_interleave(2, 3))  # 2x2 blocks
+    half = nn.functional.avg_pool2d(img, 2)
+    with torch.no_grad():
+        G.net[-2].weight.add_(1.0)  # the full-size output layer: unused at alpha 0
+        D.net[0].weight.add_(1.0)  # D's full-size input layer: unused too
+    assert torch.equal(G(z), img)
+    sharp = half.repeat_interleave(2, 2).repeat_interleave(2, 3) + 0.3 * torch.randn(3, 3, 64, 64)
+    sharp = sharp - nn.functional.avg_pool2d(sharp, 2).repeat_interleave(2, 2).repeat_interleave(2, 3) + \
+        half.repeat_interleave(2, 2).repeat_interleave(2, 3)  # other full-size detail, the same 2x2 means
+    assert torch.allclose(D(sharp), D(img), atol=1e-5)  # D reads only the half-size image
+    G.grow.alpha = D.grow.alpha = 1.0
+    assert not torch.equal(G(z), img)
+
+
+def test_fading_mixes_the_half_and_full_size_paths_by_alpha():
+    D, G = _growing(1.0)
+    z, x = torch.randn(3, 128, 1, 1), torch.rand(3, 3, 64, 64) * 2 - 1
+    full_G, full_D = G(z), D(x, with_features=True)[1]
+    G.grow.alpha = D.grow.alpha = 0.0
+    low_G = G(z)
+    G.grow.alpha = D.grow.alpha = 0.25
+    assert torch.allclose(G(z), 0.75 * low_G + 0.25 * full_G, atol=1e-6)
+    assert not torch.allclose(D(x, with_features=True)[1], full_D, atol=1e-3)
+    (G(z).square().sum() + D(x).sum()).backward()
+    for m in (G, D):  # both paths learn during the fade
+        assert m.grow.conv.weight.grad.abs().sum() > 0
+    assert G.net[-2].weight.grad.abs().sum() > 0 and D.net[0].weight.grad.abs().sum() > 0
+
+
+def test_alpha_travels_with_the_weights_and_a_model_without_growing_has_no_extra_tensors():
+    D, G = _growing(0.4)
+    _, again = _growing(1.0)
+    again.load_state_dict(G.state_dict())
+    assert again.grow.alpha == pytest.approx(0.4)
+    _, plain = models.build_models(config.make_config("fast64"))
+    assert not any("grow" in k for k in plain.state_dict())  # shipped models load as before

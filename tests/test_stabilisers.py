@@ -104,8 +104,10 @@ def test_stabilised_d_update_matches_the_reference_in_fp32(kind, real64):
 
 
 @pytest.mark.parametrize("overrides", [dict(loss="lsgan"), dict(r1_gamma=1.0),
-                                       dict(diffaug="color,translation,cutout", ada_target=0.6)],
-                         ids=["lsgan", "r1", "ada"])
+                                       dict(diffaug="color,translation,cutout", ada_target=0.6),
+                                       dict(diffaug="rotation,lighting", ada_target=0.6),
+                                       dict(feature_matching=1.0), dict(progressive="10,10")],
+                         ids=["lsgan", "r1", "ada", "rotation-lighting", "feature-matching", "growing-half-size"])
 def test_stabilised_step_in_bf16_stays_within_minibatch_noise(overrides, real64, monkeypatch):
     """bf16 rounds conv and matmul operands: the update it makes must differ from fp32's by a small
     fraction of what another minibatch changes (the criterion of the presets' own bf16 test)."""
@@ -358,3 +360,162 @@ def test_the_stabiliser_benchmark_measures_valid_configurations():
     for label, overrides in bench.STABILISERS[1:]:
         cfg = config.make_config("fast64", **overrides)
         assert cfg != plain, label
+
+
+# --- feature matching (Salimans et al. 2016)
+
+def test_feature_matching_loss_is_the_mean_squared_gap_of_the_batch_means():
+    real = torch.randn(16, 10)
+    assert losses.feature_matching_loss(real.clone(), real.mean(0)).item() == 0  # fakes that match: no loss
+    shuffled = real[torch.randperm(16)]
+    assert losses.feature_matching_loss(shuffled, real.mean(0)).item() == pytest.approx(0, abs=1e-12)
+    fake = torch.zeros(8, 10)
+    fake[:, 0] = 2.0  # means differ by 2 in one feature of 10, plus the reals' own means
+    expected = ((fake.mean(0) - real.mean(0)) ** 2).mean()
+    assert losses.feature_matching_loss(fake, real.mean(0)).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def _g_update(state, real: torch.Tensor, seed: int) -> torch.Tensor:
+    """Minus the change one ``train_step`` makes to G under SGD at rate 1 (D at rate 0): G's gradient."""
+    s = copy.deepcopy(state)
+    before = torch.cat([p.detach().flatten().clone() for p in s.G.parameters()])
+    torch.manual_seed(seed)
+    step.train_step(s, real)
+    return before - torch.cat([p.detach().flatten() for p in s.G.parameters()])
+
+
+def _fm_state(weight: float):
+    state = _state(amp=False, channels_last=False, r1_gamma=0.0, feature_matching=weight)
+    state.d_opt = torch.optim.SGD(state.D.parameters(), lr=0.0)  # D holds still: G's step sees the D of the D step
+    return state
+
+
+def test_feature_matching_g_update_matches_the_reference_in_fp32(real64):
+    """G's gradient = that of -log D(G(z)) + w * mean_j (E f_j(x) - E f_j(G(z)))^2, written out by hand."""
+    state = _fm_state(2.0)
+    engine = _g_update(state, real64, seed=5)
+    s = copy.deepcopy(state)
+    torch.manual_seed(5)
+    fake = s.G(models.sample_latent(real64.size(0), s.config))
+    real_features = s.D.net[:-1](real64).flatten(1).detach()
+    fake_features = s.D.net[:-1](fake)
+    out = s.D.net[-1](fake_features).flatten(1)
+    loss = -F.logsigmoid(out).mean() + 2.0 * ((real_features.mean(0) - fake_features.flatten(1).mean(0)) ** 2).mean()
+    reference = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(s.G.parameters()))])
+    assert torch.allclose(engine, reference, atol=1e-6, rtol=1e-3)
+    plain = _g_update(_fm_state(0.0), real64, seed=5)
+    assert not torch.allclose(engine, plain, atol=1e-6, rtol=1e-3)  # the added term reaches G
+
+
+def test_feature_matching_at_weight_0_changes_nothing_and_leaves_d_s_update_alone(real64, monkeypatch):
+    states = {w: make_state(config.make_config("fast64", batch_size=16, feature_matching=w), 100, "cpu")
+              for w in (0.0, 1.0)}
+    asked = []
+    forward = type(states[0.0].D).forward
+
+    def recording(self, x, with_features=False):
+        asked.append(with_features)
+        return forward(self, x, with_features)
+
+    monkeypatch.setattr(type(states[0.0].D), "forward", recording)
+    for w, state in states.items():
+        torch.manual_seed(7)
+        metrics = step.train_step(state, real64)
+        assert ("feature_matching" in metrics) == (w > 0)
+        if w == 0:
+            assert not any(asked)  # weight 0: D is never asked for features, the step is the one without them
+            asked.clear()
+    assert any(asked)
+    for p, q in zip(states[0.0].D.parameters(), states[1.0].D.parameters(), strict=True):
+        assert torch.equal(p, q)  # handing out the features does not change D's own update, bit for bit
+    assert any(not torch.equal(p, q) for p, q in zip(states[0.0].G.parameters(), states[1.0].G.parameters(),
+                                                      strict=True))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(feature_matching=-1.0), "feature_matching=-1.0: give the loss's weight"),
+    (dict(progressive="0.25"), "give two comma-separated numbers"),
+    (dict(progressive="half,0.2"), "give two comma-separated numbers"),
+    (dict(progressive="1.5,10"), "give two comma-separated numbers"),
+    (dict(progressive="0.6,0.6"), "add up to at most 1"),
+    (dict(progressive="0.25,0.25", compile=True), "recompile"),
+])
+def test_bad_feature_matching_and_growing_settings_name_the_field_and_the_fix(bad, message):
+    with pytest.raises(ValueError, match=message):
+        config.make_config("fast64", **{"r1_gamma": 0.0, **bad})
+    with pytest.raises(ValueError, match="built for the dcgan models"):
+        config.make_config("small32", progressive="0.25,0.25")
+
+
+# --- progressive growing (Karras et al. 2018)
+
+def test_the_growth_schedule_follows_from_the_configuration_and_the_step():
+    cfg = config.make_config("fast64", progressive="0.25,0.25")
+    assert cfg.growth_steps(100) == (25, 50)  # fractions of the run's planned length
+    assert config.make_config("fast64", progressive="10,20").growth_steps(100) == (10, 30)  # or whole steps
+    state = make_state(cfg.replace(max_steps=100), 100, "cpu")
+    alphas = []
+    for s in (0, 24, 25, 30, 45, 49, 50, 99):
+        state.step = s
+        alphas.append(step.growth_alpha(state))
+    assert alphas == pytest.approx([0, 0, 0, 0.2, 0.8, 0.96, 1, 1])
+    assert config.make_config("fast64").growth_steps(100) == (0, 0)
+
+
+def test_growing_trains_the_half_size_layers_first_then_fades_in_the_full_size_ones(real64):
+    state = make_state(config.make_config("fast64", batch_size=16, progressive="3,2", max_steps=8), 100, "cpu")
+    g_out, d_in = state.G.net[-2].weight.detach().clone(), state.D.net[0].weight.detach().clone()
+    to_rgb = state.G.grow.conv.weight.detach().clone()
+    for _ in range(3):
+        step.train_step(state, real64)
+        assert state.G.grow.alpha == state.D.grow.alpha == state.ema.module.grow.alpha == 0
+    assert torch.equal(state.G.net[-2].weight, g_out) and torch.equal(state.D.net[0].weight, d_in)  # unused yet
+    assert not torch.equal(state.G.grow.conv.weight, to_rgb)  # the half-size stage learns
+    for alpha in (0.0, 0.5, 1.0):  # step 3 starts the fade at 0, step 4 is halfway, step 5 is at full size
+        step.train_step(state, real64)
+        assert state.G.grow.alpha == state.ema.module.grow.alpha == alpha
+    assert not torch.equal(state.G.net[-2].weight, g_out) and not torch.equal(state.D.net[0].weight, d_in)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
+def test_growing_with_feature_matching_and_rotation_resumes_bit_for_bit(amp, celeba_dir, tmp_path, monkeypatch):
+    """Stopped in the fade and resumed: the same alphas, losses and weights as a run that never stopped."""
+    if amp:
+        monkeypatch.setattr(device_policy, "native_bf16", lambda device_type: True)
+
+    def cfg():
+        return config.make_config("fast64", subset=96, batch_size=16, epochs=2, log_every=1, progressive="4,4",
+                                  feature_matching=1.0, diffaug="rotation,lighting", ada_target=0.6, ada_kimg=0.2,
+                                  amp=amp)
+
+    full = train.train(cfg(), tmp_path / "full", progress=False)
+    assert full.step == 12 and full.G.grow.alpha == 1.0
+    stop = _StopAfter(batches.training_batches(cfg()), 6)
+    part = train.train(cfg(), tmp_path / "split", progress=False, batches=stop)
+    assert part.interrupted and part.step == 6 and part.G.grow.alpha == 0.25  # stopped in the fade
+    resumed = train.train(cfg(), tmp_path / "split", resume=True, progress=False)
+    for key in ("d_loss", "g_loss", "feature_matching", "ada_p"):
+        assert resumed.history[key] == full.history[key], key
+    for p, q in zip(resumed.G.parameters(), full.G.parameters(), strict=True):
+        assert torch.equal(p, q)
+    for p, q in zip(resumed.state.ema.parameters(), full.state.ema.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.slow
+def test_a_grown_generator_exports_loads_and_samples_as_a_fast64_generator(celeba_dir, tmp_path):
+    from facegan import export
+
+    cfg = config.make_config("fast64", subset=64, batch_size=16, max_steps=6, progressive="2,2", log_every=1)
+    result = train.train(cfg, tmp_path / "run", progress=False)
+    folder = export.export_model(tmp_path / "run" / "checkpoint.pt", tmp_path / "model", dtype="fp32")
+    G, loaded = export.load_generator(folder)
+    assert loaded.progressive == "2,2" and G.grow.alpha == 1.0
+    z = result.state.fixed_z[:4]
+    assert torch.allclose(G(z), result.sampler.eval()(z), atol=1e-5)
+    _, plain = models.build_models(config.make_config("fast64"))  # the grown layout is fast64's
+    plain.load_state_dict({k: v for k, v in G.state_dict().items() if not k.startswith("grow.")})
+    assert torch.equal(plain.eval()(z), G(z))
+    with pytest.raises(ValueError, match="cannot resume.*progressive"):
+        train.train(cfg.replace(progressive=""), tmp_path / "run", resume=True, progress=False)
