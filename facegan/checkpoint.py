@@ -18,6 +18,7 @@ import codecs
 import os
 import pickle
 import random
+import re
 import zipfile
 from pathlib import Path
 
@@ -151,6 +152,8 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: train first (or check the path)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint; {_fallback(path)}")
     kind = not_a_torch_file(path)
     if kind is not None:
         in_folder = all((path.parent / name).is_file() for name in ("model.safetensors", "config.json"))
@@ -167,10 +170,9 @@ def read_checkpoint(path: str | Path) -> dict:
                 f"{path} was refused: it holds Python objects beyond tensors and plain values, and "
                 "loading those could run code. Load only files you trust, re-exported by this "
                 "project's train or export.") from e
-        raise CheckpointError(f"{path} is corrupt ({e}); use the previous checkpoint or train again") from e
+        raise CheckpointError(f"{path} is corrupt ({error_gist(e)}); {_fallback(path)}") from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:120]}); "
-                              "use the previous checkpoint or train again") from e
+        raise CheckpointError(f"{path} is truncated or corrupt ({error_gist(e)}); {_fallback(path)}") from e
     if not isinstance(ckpt, dict) or "config" not in ckpt or not isinstance(ckpt.get("G"), dict):
         raise CheckpointError(f"{path} is not a checkpoint or generator of this project "
                               "(it holds no configuration and generator weights)")
@@ -179,6 +181,31 @@ def read_checkpoint(path: str | Path) -> dict:
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path} holds an invalid configuration: {e}") from e
     return ckpt
+
+
+def error_gist(error: BaseException, limit: int = 100) -> str:
+    """The error's type and its first sentences up to ``limit`` characters: whole sentences (or, for
+    one longer sentence, whole words and "..."), never a word cut in two."""
+    lines = str(error).strip().splitlines()
+    sentences = re.split(r"(?<=[.!?])\s+", lines[0]) if lines else []
+    text = sentences[0] if sentences else "no message"
+    for more in sentences[1:]:
+        if len(text) + 1 + len(more) > limit:
+            break
+        text += " " + more
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
+    return f"{type(error).__name__}: {text}"
+
+
+def _fallback(path: Path) -> str:
+    """What to do about an unreadable file: the run's previous checkpoint only where there is one."""
+    previous = path.with_name(PREVIOUS)
+    if path.name == CHECKPOINT and previous.is_file():
+        return f"use the previous checkpoint, {previous} (--resume falls back to it by itself)"
+    if path.name in (CHECKPOINT, PREVIOUS):
+        return "train again"
+    return "write it again (train, or export it again from its run's checkpoint)"
 
 
 def newest_checkpoint(out: str | Path) -> tuple[dict, Path]:

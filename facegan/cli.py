@@ -30,6 +30,7 @@ from .data import DataError, resolve_image_dir
 from .device import pick_device, training_precision
 from .export import add_arguments as add_export_arguments
 from .export import load_generator
+from .runlock import RunInUse, hold
 from .runs import add_arguments as add_runs_arguments
 from .runs import run_from_args as cmd_runs
 from .serve import add_arguments as add_serve_arguments
@@ -75,6 +76,11 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
 
 def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{args.preset or 'small32'}{'-dry-run' if args.dry_run else ''}")
+    with hold(out):  # one writer per run folder, before anything in it is read (facegan/runlock.py)
+        return _train_in(out, args)
+
+
+def _train_in(out: Path, args: argparse.Namespace) -> int:
     # Resume: the run's newest readable checkpoint (with the fallback) gives the configuration and the state.
     resume = newest_checkpoint(out)[0] if args.resume else False
     if not resume and not args.dry_run and (out / CHECKPOINT).is_file():  # never train over a run by accident
@@ -310,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     try:
         return args.handler(args)
+    except RunInUse as e:  # the whole story in one line: who holds the folder, what to do
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (DataError, CheckpointError, FileNotFoundError, ValueError, TrainingDiverged) as e:
         # Expected problems: one line that names the problem and the fix, not a traceback.
         print(f"error: {e}\n(run with --debug for the full traceback)", file=sys.stderr)

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from .card import render_card
-from .checkpoint import CheckpointError, read_checkpoint, unwrap
+from .checkpoint import CheckpointError, error_gist, read_checkpoint, unwrap
 from .checkpoint import load_generator as load_checkpoint_generator
 from .config import PROJECT_ROOT, Config
 from .models import build_models, count_parameters
@@ -210,8 +210,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:120]}); "
-                              "export the generator again") from e
+        raise CheckpointError(f"{path} is truncated or corrupt ({error_gist(e)}); export the generator again") from e
 
 
 def check_weights(G: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:

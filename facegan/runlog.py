@@ -6,11 +6,20 @@
 
     train/<key>        every finite number of a logged record: d_loss, g_loss, d_real (D(x)),
                        d_fake (D(G(z))) and, where the run has them, d_holdout, ada_p, ...
-    train/lr_d, train/lr_g, train/images_per_second
+    train/grad_norm_d, train/grad_norm_g   the L2 norm of D's and G's gradients in the logged step
+    train/lr_d, train/lr_g, train/images_per_second (training steps only: facegan/clock.py)
+    time/train_minutes, time/eval_minutes   the run's training time, and its evaluation and grid time
     eval/fid, eval/kid at each FID measurement (``--fid-every``)
     samples/fixed_latents   the fixed-latent grid at every sample point
-    hparams            the run's Config, so that the HParams tab lists runs with their last
+    samples/real       real training faces, once (step 0), to judge the fakes beside
+    hparams            the Config training now, so that the HParams tab lists runs with their last
                        value of every curve (eval/fid: the FID the run ended on)
+    config/changes     text, at the step a resume changed fields of the configuration (also in run.json)
+
+TensorBoard keeps the first hyperparameters it reads for a run, so they are not in the
+training event files: each call rewrites one small event file of their own,
+``events.out.tfevents.0000000000.hparams``, whose name sorts before every other, so the HParams
+tab shows the configuration of the latest session, not of the first.
 
 A resumed run continues the same curves.  Its writer starts with a purge at the step after the
 checkpoint (``SummaryWriter(purge_step=...)``): whatever a killed process logged after its last
@@ -33,6 +42,8 @@ from .state import TrainState
 
 #: The prefix of the event files SummaryWriter names (``events.out.tfevents.TIME.HOST.PID.N``).
 EVENT_FILES = "events.out.tfevents.*"
+#: The event file holding only the hyperparameters, named to be read first (see the module docstring).
+HPARAMS_FILE = "events.out.tfevents.0000000000.hparams"
 #: The file a run that diverged leaves beside its last good checkpoint (``python helpers.py runs`` reads it).
 DIVERGED = "diverged.json"
 
@@ -64,6 +75,7 @@ class RunLog:
         self.cfg, self.start_step = cfg, start_step
         self.enabled = enabled and self.out is not None and ddp.is_main()
         self._writer = None
+        self.changes: list[dict] = []  # fields this session changed (facegan/record.py): text at start_step
         if self.enabled and start_step == 0:  # a fresh run: no curves of an earlier run in its folder
             for old in self.out.glob(EVENT_FILES):
                 old.unlink()
@@ -83,18 +95,24 @@ class RunLog:
             # for its beginning and purges at the later ones only, so a fresh run writes one too (at step 1).
             first = self.start_step + 1
             self._writer = SummaryWriter(str(self.out), purge_step=first)
-            self._write_hparams(first)
+            self._write_hparams()
+            if self.changes:
+                text = "\n".join(f"- step {c['step']:,}: `{c['field']}` {c['old']!r} -> {c['new']!r}"
+                                  for c in self.changes)
+                self._writer.add_text("config/changes", text, self.start_step)
         return self._writer
 
     def scalars(self, step: int, record: dict, lrs: dict[str, float] | None = None,
-                images_per_second: float | None = None) -> None:
-        """A logged step: every finite number of ``record``, the learning rates and the throughput."""
+                images_per_second: float | None = None, minutes: dict[str, float] | None = None) -> None:
+        """A logged step: every finite number of ``record``, the learning rates, the throughput and
+        the run's minutes (``{"train_minutes": ..., "eval_minutes": ...}`` -> ``time/...``)."""
         writer = self._open()
         if writer is None:
             return
         values = {f"train/{k}": v for k, v in record.items()}
         values.update({f"train/{k}": v for k, v in (lrs or {}).items()})
         values["train/images_per_second"] = images_per_second
+        values.update({f"time/{k}": v for k, v in (minutes or {}).items()})
         for tag, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 writer.add_scalar(tag, value, step)
@@ -108,6 +126,16 @@ class RunLog:
         from .plots import image_grid
 
         writer.add_image("samples/fixed_latents", image_grid(images), step, dataformats="HWC")
+        writer.flush()
+
+    def real_faces(self, images: torch.Tensor) -> None:
+        """Real training faces ([-1, 1] or uint8), at step 0: what the fixed-latent grids are aiming at."""
+        writer = self._open()
+        if writer is None:
+            return
+        from .plots import image_grid
+
+        writer.add_image("samples/real", image_grid(images.detach().float().cpu()), 0, dataformats="HWC")
         writer.flush()
 
     def fid(self, step: int, fid: float, kid: float | None = None) -> None:
@@ -133,17 +161,27 @@ class RunLog:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _write_hparams(self, step: int) -> None:
-        """The run's configuration as the HParams tab's session: one row per run folder.
+    def _write_hparams(self) -> None:
+        """The configuration training now as the HParams tab's session: one row per run folder.
 
         Only the session's start is written, not an experiment summary: TensorBoard reads the
         experiment from one run alone, so runs with different fields would hide each other's.
-        The metrics are then every scalar tag of the run, each at its last value.
+        The metrics are then every scalar tag of the run, each at its last value.  It goes into
+        ``HPARAMS_FILE``, replaced whole (renamed into place), at step 0, which no purge reaches.
         """
+        import time
+
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.summary.writer.record_writer import RecordWriter
         from torch.utils.tensorboard.summary import hparams
 
         _, start, _ = hparams(hparam_values(self.cfg), {})
-        self._writer.file_writer.add_summary(start, step)
+        tmp = self.out / ".hparams.tmp"  # no "tfevents" in the name: TensorBoard never reads it half-written
+        with open(tmp, "wb") as f:
+            writer = RecordWriter(f)
+            writer.write(Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+            writer.write(Event(wall_time=time.time(), step=0, summary=start).SerializeToString())
+        tmp.replace(self.out / HPARAMS_FILE)
 
 
 def learning_rates(state: TrainState) -> dict[str, float]:
@@ -162,3 +200,16 @@ def hparam_values(cfg: Config) -> dict[str, float | str]:
         values[key] = value
     values["world_size"] = ddp.world_size()
     return values
+
+
+def grad_norms(state: TrainState) -> dict[str, float]:
+    """The L2 norm of D's and G's gradients as the last step left them in ``.grad`` (each network's
+    step zeroes its gradients at its start, so they are that step's own; D's include R1 on its lazy steps).
+    Cheap: one reduction per network, at logged steps only.  A network with no gradient yet is left out."""
+    norms = {}
+    for name, net in (("d", state.D), ("g", state.G)):
+        grads = [p.grad.detach() for p in net.parameters() if p.grad is not None]
+        if grads:
+            norms[f"grad_norm_{name}"] = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).item()
+    return norms

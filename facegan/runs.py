@@ -11,7 +11,11 @@ comes from the checkpoint alone: its configuration, step, history and process co
 *finished* when it reached its planned steps or used its time budget, *diverged* when the engine
 stopped it on a NaN or Inf since its last checkpoint (``diverged.json``, facegan/runlog.py), and
 *stopped* otherwise (resume it with ``train --out RUN --resume``); *unreadable* when neither
-checkpoint can be read.  Reading never changes a run folder.
+checkpoint can be read.  A run a process is training now is *running* (its ``train.lock`` is
+held, facegan/runlock.py), listed even before its first checkpoint: its step, images, minutes,
+training speed and when it last logged come from what that process wrote at its last logged step.
+Minutes are training time and evaluation time (FID, grids) apart (facegan/clock.py).  Reading
+never changes a run folder.
 
 The FID curves are those training tracked (``--fid-every``), or with ``--score N`` FID-N measured
 now for every kept generator (``--keep-generators true``) and the final checkpoint, with the same
@@ -22,11 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import CHECKPOINT, PREVIOUS, CheckpointError, read_checkpoint
 from .export import training_facts
+from .runlock import LOCK, probe
 from .runlog import DIVERGED
 
 #: A point of a FID curve: (step, images seen, FID).
@@ -41,7 +47,8 @@ class RunSummary:
     preset: str = "-"
     step: int | None = None
     images: int | None = None
-    minutes: float | None = None
+    minutes: float | None = None  # training time
+    eval_minutes: float | None = None  # evaluation time (FID, grids, kept generators, the loss plot)
     state: str = "stopped"
     fid_n: int | None = None  # the N of the FID points
     points: list[Point] = field(default_factory=list)
@@ -63,6 +70,7 @@ def find_runs(folders: list[str | Path]) -> list[Path]:
             raise FileNotFoundError(f"no folder {folder}: pass a run folder or a folder of runs (default runs/)")
         for name in (CHECKPOINT, PREVIOUS, DIVERGED):
             found.update(p.parent for p in folder.rglob(name) if p.is_file())
+        found.update(p.parent for p in folder.rglob(LOCK) if probe(p.parent) is not None)  # live, maybe unsaved
     if not found:
         raise FileNotFoundError(f"no runs under {', '.join(map(str, folders))}: a run folder holds {CHECKPOINT}; "
                                 "python helpers.py train writes runs/PRESET")
@@ -119,15 +127,33 @@ def summarize(run: Path, max_step: int | None = None) -> RunSummary:
     state, why = run_state(run, ckpt, seconds)
     summary = RunSummary(run, state=state, problem=why or problem)
     if ckpt is None:
-        return summary
+        return _live(summary)
     cfg, history = ckpt["config"], ckpt.get("history") or {}
     summary.preset, summary.step, summary.images = cfg.preset, facts["step"], facts["images_seen"]
     summary.minutes = seconds / 60 if seconds is not None else None
+    summary.eval_minutes = history["eval_seconds"][-1] / 60 if history.get("eval_seconds") else None
     per_step = cfg.batch_size * facts["world_size"]
     tracked = zip(history.get("fid_step", []), history.get("fid", []), strict=True)
     summary.points = [(s, s * per_step, f) for s, f in tracked
                       if (max_step is None or s <= max_step) and math.isfinite(f)]
     summary.fid_n = cfg.fid_samples if summary.points else None
+    return _live(summary)
+
+
+def _live(summary: RunSummary) -> RunSummary:
+    """A run a process trains now: *running*, with what it wrote at its last logged step."""
+    facts = probe(summary.path)
+    if facts is None:
+        return summary
+    summary.state, summary.problem = "running (starting)", ""
+    if "step" not in facts:
+        return summary
+    summary.preset = facts.get("preset", summary.preset)
+    summary.step, summary.images = facts["step"], facts.get("images_seen", summary.images)
+    summary.minutes, summary.eval_minutes = facts.get("train_minutes"), facts.get("eval_minutes")
+    ago = max(time.time() - facts.get("logged", time.time()), 0.0)
+    ago = f"{ago:.0f} s" if ago < 120 else f"{ago / 60:.0f} min" if ago < 7200 else f"{ago / 3600:.0f} h"
+    summary.state = f"running ({facts.get('images_per_second', 0):,.0f} img/s, logged {ago} ago)"
     return summary
 
 
@@ -176,18 +202,21 @@ def score_run(summary: RunSummary, n: int, extractor, max_step: int | None = Non
 
 def format_table(summaries: list[RunSummary]) -> str:
     """The runs as an aligned text table, one row each."""
-    header = ("run", "preset", "steps", "images seen", "minutes", "last FID", "state")
-    rows = [header] + [(str(s.path), s.preset, _int(s.step), _int(s.images),
-                        f"{s.minutes:.1f}" if s.minutes is not None else "-", s.last_fid, s.state)
-                       for s in summaries]
+    header = ("run", "preset", "steps", "images seen", "train min", "eval min", "last FID", "state")
+    rows = [header] + [(str(s.path), s.preset, _int(s.step), _int(s.images), _minutes(s.minutes),
+                        _minutes(s.eval_minutes), s.last_fid, s.state) for s in summaries]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    right = {2, 3, 4}  # numbers align right
+    right = {2, 3, 4, 5}  # numbers align right
     return "\n".join("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
                                for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip() for row in rows)
 
 
 def _int(value: int | None) -> str:
     return f"{value:,}" if value is not None else "-"
+
+
+def _minutes(value: float | None) -> str:
+    return f"{value:.1f}" if value is not None else "-"
 
 
 def plot_fid_curves(summaries: list[RunSummary], path: str | Path) -> Path:

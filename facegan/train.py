@@ -14,7 +14,9 @@ the last good checkpoint is kept as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +34,9 @@ from .device import pick_device
 from .evaluation import evaluate_generator, inception_extractor
 from .holdout import HeldOutView
 from .plots import grid_path, plot_losses, read_grids, save_grid, save_progress_gif
-from .runlog import RunLog, learning_rates, mark_diverged
+from .record import write_record
+from .runlock import heartbeat, one_writer
+from .runlog import RunLog, grad_norms, learning_rates, mark_diverged
 from .sampling import generate, to_uint8
 from .state import TrainState, make_state
 from .step import train_step
@@ -72,6 +76,7 @@ class TrainResult:
     sampler = property(lambda self: self.state.sampler)
 
 
+@one_writer  # one process trains a run folder at a time: a second one is refused (facegan/runlock.py)
 def train(cfg: Config, out_dir: str | Path | None = None, resume: bool | dict = False,
           batches: CachedBatches | LoaderBatches | None = None, progress: bool = True,
           models: tuple[nn.Module, nn.Module] | None = None) -> TrainResult:
@@ -96,15 +101,19 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool | dict = 
     meter, extractor = _Meter(), None  # the Inception network loads at the first FID measurement
     last_grid = -1  # the step of this call's latest grid
     log = RunLog(out, cfg, state.step)  # TensorBoard event files in the run folder (facegan/runlog.py)
+    log.changes = write_record(out, cfg, device, state.step)  # run.json: command, code, machine (facegan/record.py)
     held_out = _held_out_view(state, batches)  # D's scores on faces it never trains on (Config.holdout)
     plan = cfg.max_minutes > 0 and (cfg.lr_schedule != "constant" or cfg.instance_noise > 0)
 
-    with RunClock(cfg, _trained_seconds(state), device) as clock, _Progress(state, clock, progress) as bar:
+    evaluated = _trained_seconds(state, "eval_seconds")  # apart from training time: facegan/clock.py
+    with RunClock(cfg, _trained_seconds(state), device, evaluated) as clock, _Progress(state, clock, progress) as bar:
         try:
             while state.step < state.total_steps and not clock.out_of_time():
                 for real in batches.epoch(state.epoch, start=state.batch_in_epoch):
                     # Execute one training step and accumulate its metrics.
                     meter.add(train_step(state, real), real.size(0) * ddp.world_size())
+                    if state.step == 1:  # a fresh run's first batch: real faces beside the fakes, once
+                        log.real_faces(real[:cfg.n_samples])
                     if plan and not state.horizon_fixed:  # a schedule over the time budget: fix its end in steps
                         _plan_horizon(state, clock, meter.steps)
                     state.batch_in_epoch += 1
@@ -118,11 +127,13 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool | dict = 
                     if logged:  # history, NaN stop, progress bar, TensorBoard
                         _log_step(state, meter, held_out, clock, saver, bar, log)
                     if ddp.is_main() and cfg.fid_every and state.step % cfg.fid_every == 0:
-                        extractor = extractor or inception_extractor(device=device)
-                        _record_fid(state, extractor, folder, log)
+                        with clock.evaluating():  # not training time: facegan/clock.py
+                            extractor = extractor or inception_extractor(device=device)
+                            _record_fid(state, extractor, folder, log)
                     grid_due = state.step % cfg.sample_every == 0 if cfg.sample_every else epoch_end
                     if grid_due:
-                        last_grid = _save_grid(state, result, log)
+                        with clock.evaluating():
+                            last_grid = _save_grid(state, result, log)
                     if epoch_end or logged and clock.checkpoint_due():
                         _save(state, saver, clock, full=epoch_end)
                     if clock.should_stop():  # SIGTERM or Ctrl-C, at a step boundary (distributed: agreed)
@@ -191,10 +202,10 @@ class _Progress:
         if self.budget:
             total = round(clock.budget)
             self.bar = tqdm(total=total, initial=min(round(clock.trained_before), total), unit="s", disable=disable,
-                            desc=f"{cfg.preset} ({cfg.max_minutes:g}-min budget)", bar_format=BUDGET_BAR)
+                            desc=f"{cfg.preset} ({cfg.max_minutes:g}-min budget)", bar_format=BUDGET_BAR, smoothing=0)
         else:
             self.bar = tqdm(total=state.total_steps, initial=state.step, desc=cfg.preset, unit="step",
-                            disable=disable)
+                            disable=disable, smoothing=0)
 
     def __enter__(self) -> _Progress:
         return self
@@ -204,6 +215,8 @@ class _Progress:
 
     def show(self, record: dict[str, float], images_per_second: float) -> None:
         done = min(round(self.clock.seconds()), self.bar.total) if self.budget else self.state.step
+        if not self.bar.disable:  # tqdm's rate and ETA are (n - initial) / (now - start_t): training time only
+            self.bar.start_t = time.time() - self.clock.elapsed()
         self.bar.update(done - self.bar.n)
         g_loss = record.get("g_loss", math.nan)  # NaN until G's first step (n_critic > 1)
         self.bar.set_postfix(step=self.state.step, d=f"{record['d_loss']:.3f}", g=f"{g_loss:.3f}",
@@ -276,11 +289,18 @@ def _log_step(state: TrainState, meter: _Meter, held_out: HeldOutView | None, cl
     record = meter.mean()
     if held_out is not None:
         record.update(held_out.scores(state))
+    record.update(grad_norms(state))  # this step's gradients, still in .grad: one norm each at logged steps
     record = clock.agree(record)  # distributed: averaged over ranks, verdicts agreed
     _stop_if_diverged(state, record, saver)
-    _append_history(state, record, clock.seconds())
-    bar.show(record, meter.images / clock.elapsed())
-    log.scalars(state.step, record, learning_rates(state), meter.images / clock.elapsed())
+    seconds, evaluated = clock.seconds(), clock.eval_seconds()
+    _append_history(state, record, seconds, evaluated)
+    speed = meter.images / max(clock.elapsed(), 1e-9)  # training steps only (facegan/clock.py)
+    bar.show(record, speed)
+    minutes = {"train_minutes": seconds / 60, "eval_minutes": evaluated / 60}
+    log.scalars(state.step, record, learning_rates(state), speed, minutes)
+    heartbeat(saver.out, preset=state.config.preset, step=state.step, images_per_second=round(speed, 1),
+              images_seen=state.step * state.config.batch_size * ddp.world_size(),  # `runs` shows a live run
+              **{k: round(v, 2) for k, v in minutes.items()})
 
 
 def _held_out_view(state: TrainState, batches) -> HeldOutView | None:
@@ -290,8 +310,8 @@ def _held_out_view(state: TrainState, batches) -> HeldOutView | None:
     return HeldOutView(held, batches.images, state.device, state.config.channels_last)
 
 
-def _trained_seconds(state: TrainState) -> float:
-    return state.history["seconds"][-1] if state.history["seconds"] else 0.0
+def _trained_seconds(state: TrainState, key: str = "seconds") -> float:
+    return state.history[key][-1] if state.history.get(key) else 0.0
 
 
 def _stop_if_diverged(state: TrainState, record: dict[str, float], saver: Checkpointer) -> None:
@@ -314,7 +334,7 @@ def _stop_if_diverged(state: TrainState, record: dict[str, float], saver: Checkp
 STEP_METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "r1", "ada_p", "d_holdout", "d_real_fixed")
 
 
-def _append_history(state: TrainState, record: dict[str, float], seconds: float) -> None:
+def _append_history(state: TrainState, record: dict[str, float], seconds: float, eval_seconds: float = 0.0) -> None:
     history, n = state.history, len(state.history["step"])
     for k in STEP_METRICS:
         if k in record or k in history:
@@ -326,6 +346,7 @@ def _append_history(state: TrainState, record: dict[str, float], seconds: float)
     history["step"].append(state.step)
     history["epoch"].append(state.epoch)
     history["seconds"].append(seconds)  # training time, resumes included
+    history.setdefault("eval_seconds", [0.0] * n).append(eval_seconds)  # FID, grids...: apart (facegan/clock.py)
 
 
 def _record_fid(state: TrainState, extractor: nn.Module, folder: Path | None, log: RunLog) -> None:
@@ -346,24 +367,23 @@ def _save_grid(state: TrainState, result: TrainResult, log: RunLog) -> int:
         result.grids.append((state.step, images))
     else:
         save_grid(images, grid_path(result.out_dir, state.step))
+        if state.config.keep_generators:  # G at every sample point, for FID curves (runs --score)
+            export_generator(state, result.out_dir / "generators" / f"step_{state.step:07d}.pt")
     return state.step
 
 
 def _save(state: TrainState, saver: Checkpointer, clock: RunClock | None, full: bool) -> None:
-    """Checkpoint; at epoch ends and at the end also the loss plot and a kept generator."""
+    """Checkpoint; at epoch ends and at the end also the loss plot (evaluation time)."""
     saved = saver.save(state)
     if clock is not None:
         clock.checkpointed()
-    if not (saved and full and ddp.is_main()):
-        return
-    if state.config.keep_generators:
-        export_generator(state, saver.out / "generators" / f"step_{state.step:07d}.pt")
-    if state.history["step"]:
+    if saved and full and ddp.is_main() and state.history["step"]:
         import matplotlib.pyplot as plt
 
-        fig = plot_losses(state.history)
-        fig.savefig(saver.out / "losses.png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
+        with clock.evaluating() if clock is not None else contextlib.nullcontext():
+            fig = plot_losses(state.history)
+            fig.savefig(saver.out / "losses.png", dpi=100, bbox_inches="tight")
+            plt.close(fig)
 
 
 def _say_how_to_resume(state: TrainState, out: Path | None, saver: Checkpointer) -> None:

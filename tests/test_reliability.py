@@ -1,6 +1,7 @@
 """Nothing lost, nothing run by accident: kills, signals, corrupt files, NaNs, unsafe pickles, stale data."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -169,8 +170,44 @@ def test_a_truncated_checkpoint_keeps_its_own_message(cut, tmp_path):
     path = tmp_path / "checkpoint.pt"
     torch.save({"config": config.make_config("small32").to_dict(), "G": {"w": torch.zeros(1000)}}, path)
     path.write_bytes(path.read_bytes()[:cut])
-    with pytest.raises(checkpoint.CheckpointError, match="checkpoint.pt is truncated or corrupt"):
+    expected = "checkpoint.pt is empty (0 bytes)" if cut == 0 else "checkpoint.pt is truncated or corrupt"
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(expected)) as error:
         checkpoint.read_checkpoint(path)
+    assert "EOFError: )" not in str(error.value) and "previous" not in str(error.value)  # no fallback here
+
+
+def test_an_unreadable_file_gets_whole_sentences_and_the_fallback_only_where_one_exists(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"config": config.make_config("small32").to_dict(), "G": {"w": torch.zeros(1000)}}, good)
+    cut = good.read_bytes()[:1000]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / checkpoint.CHECKPOINT).write_bytes(cut)
+    (run / checkpoint.PREVIOUS).write_bytes(good.read_bytes())
+    (tmp_path / "generator.pt").write_bytes(cut)  # a standalone file: nothing to fall back to
+    messages = {}
+    for path in (run / checkpoint.CHECKPOINT, tmp_path / "generator.pt"):
+        with pytest.raises(checkpoint.CheckpointError) as error:
+            checkpoint.read_checkpoint(path)
+        messages[path.name] = str(error.value)
+    assert f"use the previous checkpoint, {run / checkpoint.PREVIOUS}" in messages[checkpoint.CHECKPOINT]
+    assert "previous" not in messages["generator.pt"] and "export it again" in messages["generator.pt"]
+    # torch's own text is a long paragraph: the message keeps its first sentence whole
+    assert "(RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central directory.)" \
+        in messages["generator.pt"]
+
+
+@pytest.mark.parametrize("text", [
+    "short.",
+    "First sentence here. Second one is also here. " + "A third, much longer sentence " * 8,
+    "one very long sentence without any full stop " * 6,
+])
+def test_error_gist_never_cuts_a_word(text):
+    gist = checkpoint.error_gist(RuntimeError(text), limit=100)
+    assert gist.startswith("RuntimeError: ") and len(gist) <= len("RuntimeError: ") + 104
+    words = set(text.split())
+    assert all(w in words for w in gist.removeprefix("RuntimeError: ").removesuffix(" ...").split())
+    assert gist.endswith((".", " ...")), gist
 
 
 def test_shipped_generators_load_safely():
@@ -374,3 +411,50 @@ def test_load_generator_gives_gs_own_weights_when_asked(celeba_dir, tmp_path):
     z = torch.randn(2, cfg.z_size)
     with torch.no_grad():
         assert not torch.equal(own(z), ema(z))  # the EMA copy is another generator
+
+
+def _lock_holder(out: Path) -> int:
+    """Wait until a process holds the run's lock and has logged a step; return its PID."""
+    from facegan import runlock
+
+    end = time.time() + 120
+    while time.time() < end:
+        facts = runlock.probe(out)
+        if facts and "step" in facts and (out / checkpoint.CHECKPOINT).is_file():
+            return facts["pid"]
+        time.sleep(0.1)
+    raise TimeoutError(f"no process took the lock of {out}")
+
+
+@pytest.mark.slow
+def test_a_second_writer_is_refused_in_one_line_and_a_kill_9_leaves_no_stale_lock(celeba_dir, tmp_path, capsys):
+    from facegan import record, runlock
+
+    holder = _cli(tmp_path, "--epochs", "0", "--max-steps", "100000")
+    try:
+        assert _lock_holder(tmp_path) == holder.pid
+        second = subprocess.run([sys.executable, "-m", "facegan", "train", "--out", str(tmp_path), "--resume",
+                                 *RUN_FLAGS], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and second.stdout == "", second.stdout + second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path} is in use: process {holder.pid} "), lines
+        assert "kill -TERM" in lines[0] and "--resume" in lines[0] and "another --out folder" in lines[0]
+        # train() itself refuses too (the notebook's way in), before touching the folder
+        with pytest.raises(runlock.RunInUse, match=f"process {holder.pid} "):
+            train.train(config.make_config("small32", subset=256, batch_size=16), tmp_path, progress=False)
+        assert len(json.loads((tmp_path / record.RECORD).read_text())["sessions"]) == 1  # no trace of it
+        # runs lists it as running, with its step, speed and last log
+        capsys.readouterr()
+        assert cli.main(["runs", str(tmp_path)]) == 0
+        row = capsys.readouterr().out.splitlines()[1]
+        assert re.search(r"running \([\d,]+ img/s, logged \d+ s ago\)$", row), row
+        assert "continues with" not in row
+    finally:
+        holder.kill()  # SIGKILL: no handler runs, nothing is released by the program
+        holder.wait()
+    assert runlock.probe(tmp_path) is None  # the OS released the lock with the process
+    step = checkpoint.newest_checkpoint(tmp_path)[0]["step"]
+    resumed = _cli(tmp_path, "--resume", "--epochs", "0", "--max-steps", str(step + 3))
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0 and "resumed from" in output and f"done: step {step + 3}" in output, output

@@ -1,6 +1,7 @@
 """TensorBoard event files: what a run writes, read back with TensorBoard's own reader."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,17 @@ def read_events(folder: Path) -> EventAccumulator:
     events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     events.Reload()
     return events
+
+
+def training_event_files(folder: Path) -> list[Path]:
+    """The event files of the curves: all but the one that holds the hyperparameters."""
+    return sorted(p for p in folder.glob(runlog.EVENT_FILES) if p.name != runlog.HPARAMS_FILE)
+
+
+def hparams_of(events: EventAccumulator):
+    """The session start TensorBoard's HParams tab reads for the run (the first it meets)."""
+    return hparams_metadata.parse_session_start_info_plugin_data(
+        events.PluginTagToContent("hparams")[hparams_metadata.SESSION_START_INFO_TAG]).hparams
 
 
 def steps(events: EventAccumulator, tag: str) -> list[int]:
@@ -78,7 +90,7 @@ def test_a_fresh_run_replaces_an_earlier_runs_events_and_an_idle_call_writes_non
     with runlog.RunLog(tmp_path, cfg, start_step=5):
         pass  # a resume with nothing left to train
     log.scalars(6, {"d_loss": 1.0})  # closed: ignored, never a second writer purging the first one's steps
-    assert len(list(tmp_path.glob(runlog.EVENT_FILES))) == 1
+    assert len(training_event_files(tmp_path)) == 1
     with runlog.RunLog(tmp_path, cfg) as log:
         log.scalars(1, {"d_loss": 2.0})
     assert [(e.step, e.value) for e in read_events(tmp_path).Scalars("train/d_loss")] == [(1, 2.0)]
@@ -154,8 +166,72 @@ def test_an_in_memory_run_writes_no_events_and_a_resume_of_a_complete_run_adds_n
     cfg = config.make_config("small32", batch_size=16, subset=64, epochs=1, log_every=2, amp=False)
     train.train(cfg, None, progress=False)
     train.train(cfg, tmp_path, progress=False)
-    files = sorted(tmp_path.glob(runlog.EVENT_FILES))
+    files = training_event_files(tmp_path)
     assert len(files) == 1
     assert train.train(cfg, tmp_path, resume=True, progress=False).steps == 0  # nothing left to train
-    assert sorted(tmp_path.glob(runlog.EVENT_FILES)) == files
+    assert training_event_files(tmp_path) == files
     assert steps(read_events(tmp_path), "train/d_loss") == [2, 4]
+
+
+@pytest.mark.slow
+def test_a_resume_shows_the_configuration_now_and_records_each_change_at_its_step(celeba_dir, tmp_path):
+    import json
+
+    from facegan import record, train
+
+    cfg = config.make_config("small32", batch_size=16, subset=64, epochs=2, log_every=1, amp=False)
+    train.train(cfg, tmp_path, progress=False)
+    assert hparams_of(read_events(tmp_path))["epochs"].number_value == 2
+    train.train(cfg.replace(epochs=3, lr_d=1e-3), tmp_path, resume=True, progress=False)
+    events = read_events(tmp_path)
+    assert hparams_of(events)["epochs"].number_value == 3 and hparams_of(events)["lr_d"].number_value == 1e-3
+    # TensorBoard's server reads the same first session start
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+
+    served = plugin_event_accumulator.EventAccumulator(str(tmp_path))
+    served.Reload()
+    start = hparams_metadata.parse_session_start_info_plugin_data(
+        served.PluginTagToContent("hparams")[hparams_metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["epochs"].number_value == 3
+    [text] = events.Tensors("config/changes/text_summary")  # add_text's tag
+    assert text.step == 8 and b"`epochs` 2 -> 3" in text.tensor_proto.string_val[0]
+    kept = json.loads((tmp_path / record.RECORD).read_text())
+    assert kept["changes"] == [{"step": 8, "field": "lr_d", "old": cfg.lr_d, "new": 1e-3},
+                               {"step": 8, "field": "epochs", "old": 2, "new": 3}]
+    assert kept["config"]["epochs"] == 3 and [s["step"] for s in kept["sessions"]] == [0, 8]
+    for s in kept["sessions"]:
+        assert set(s) >= {"command", "git", "python", "torch", "cpu", "threads", "device", "precision"}
+        assert s["git"] == "not a git checkout" or len(s["git"].split()[0]) == 40
+        assert s["device"] == "cpu" and s["precision"].startswith("fp32") and s["threads"] >= 1
+
+
+@pytest.mark.slow
+def test_train_logs_grad_norms_real_faces_and_evaluation_time_apart(celeba_dir, tmp_path, monkeypatch):
+    from facegan import train
+
+    real_grid = train._save_grid
+
+    def slow_grid(*args):  # a grid that takes 0.5 s: evaluation time, not training time
+        time.sleep(0.5)
+        return real_grid(*args)
+
+    monkeypatch.setattr(train, "_save_grid", slow_grid)
+    cfg = config.make_config("small32", batch_size=16, subset=64, epochs=2, log_every=1, amp=False,
+                             sample_every=2, keep_generators=True)
+    result = train.train(cfg, tmp_path, progress=False)
+    events = read_events(tmp_path)
+    for tag in ("train/grad_norm_d", "train/grad_norm_g", "time/train_minutes", "time/eval_minutes"):
+        assert steps(events, tag) == list(range(1, 9)), tag
+    assert all(e.value > 0 for e in events.Scalars("train/grad_norm_d") + events.Scalars("train/grad_norm_g"))
+    [real] = events.Images("samples/real")
+    assert real.step == 0 and (real.width, real.height) == (8 * 34 + 2, 2 * 34 + 2)  # the first batch: 16 faces
+    # grids at steps 2, 4, 6 before the last log, 0.5 s each: in the evaluation clock, not the training one
+    eval_seconds = 60 * events.Scalars("time/eval_minutes")[-1].value
+    assert eval_seconds >= 1.5 and result.history["eval_seconds"][-1] == pytest.approx(eval_seconds, rel=1e-4)
+    assert result.history["seconds"][-1] == pytest.approx(60 * events.Scalars("time/train_minutes")[-1].value,
+                                                          rel=1e-4)
+    # --keep-generators keeps G at every sample point, as its help says
+    assert "at every sample point" in config.field_help()["keep_generators"]
+    grids = sorted(int(p.stem[5:]) for p in (tmp_path / "samples").glob("step_*.png"))
+    kept = sorted(int(p.stem[5:]) for p in (tmp_path / "generators").glob("step_*.pt"))
+    assert grids == kept == [2, 4, 6, 8]

@@ -16,7 +16,8 @@ def fake_run(folder: Path, step: int, steps_per_epoch: int = 4, fids: dict | Non
     """A run folder whose checkpoint holds what ``runs`` reads (and G's weights when asked)."""
     cfg = config.make_config("small32", batch_size=16, **{"epochs": 2, **overrides})
     G = models.build_models(cfg)[1].state_dict() if with_weights else {}
-    history = {"step": list(range(1, step + 1)), "seconds": [seconds * s / step for s in range(1, step + 1)]}
+    history = {"step": list(range(1, step + 1)), "seconds": [seconds * s / step for s in range(1, step + 1)],
+               "eval_seconds": [30.0 * s / step for s in range(1, step + 1)]}
     if fids:
         history.update(fid_step=list(fids), fid=list(fids.values()))
     folder.mkdir(parents=True, exist_ok=True)
@@ -31,7 +32,8 @@ def table(capsys, *args: str) -> dict[str, list[str]]:
     assert cli.main(["runs", *args]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("run "))  # --score prints its progress first
-    assert lines[header].split() == ["run", "preset", "steps", "images", "seen", "minutes", "last", "FID", "state"]
+    assert lines[header].split() == ["run", "preset", "steps", "images", "seen", "train", "min", "eval", "min", "last",
+                                     "FID", "state"]
     return {Path(line.split()[0]).name: line.split() for line in lines[header + 1:] if line.startswith("/")}
 
 
@@ -42,10 +44,10 @@ def test_the_table_has_a_row_per_run_with_its_figures_and_state(tmp_path, capsys
     fake_run(tmp_path / "nested" / "deeper", step=8, epochs=0, max_steps=8)
     rows = table(capsys, str(tmp_path))
     assert set(rows) == {"done", "half", "budget", "deeper"}
-    assert rows["done"][1:5] == ["small32", "8", "128", "1.5"] and rows["done"][-1] == "finished"
+    assert rows["done"][1:6] == ["small32", "8", "128", "1.5", "0.5"] and rows["done"][-1] == "finished"
     assert "250.5" in rows["done"] and "(N=256," in rows["done"]
     assert rows["half"][2:4] == ["5", "160"] and rows["half"][-1] == "stopped"  # 5 steps x 16 x 2 processes
-    assert rows["half"][5] == "-"  # no FID measured
+    assert rows["half"][6] == "-"  # no FID measured
     assert rows["budget"][-1] == "finished" and rows["deeper"][-1] == "finished"
 
 
@@ -161,3 +163,21 @@ def test_game_balance_averages_each_window_and_skips_unlogged_columns():
     assert game_balance.window_means({"step": []}, every=20) == []
     (lo, hi, means), = game_balance.window_means(history, every=20, ends=[35])  # the 20 steps up to step 35
     assert (lo, hi, round(means["d_fake"], 3)) == (16, 35, 0.15)
+
+
+def test_a_run_in_training_is_listed_as_running_with_its_step_speed_and_last_log(tmp_path, capsys):
+    from facegan import runlock
+
+    fake_run(tmp_path / "live", step=8, epochs=100)  # its last checkpoint: step 8
+    (tmp_path / "fresh").mkdir()  # no checkpoint yet
+    with runlock.hold(tmp_path / "live"), runlock.hold(tmp_path / "fresh"):
+        runlock.heartbeat(tmp_path / "live", preset="small32", step=12, images_seen=192, images_per_second=345.6,
+                          train_minutes=2.5, eval_minutes=0.75)
+        assert cli.main(["runs", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+    rows = {Path(line.split()[0]).name: line for line in out.splitlines() if line.startswith("/")}
+    assert rows["live"].split()[1:7] == ["small32", "12", "192", "2.5", "0.8", "-"]  # the live step, not the saved 8
+    assert rows["live"].endswith("running (346 img/s, logged 0 s ago)")
+    assert rows["fresh"].endswith("running (starting)")
+    assert "continues with" not in out  # a running run is not offered a resume
+    assert table(capsys, str(tmp_path))["live"][-1] == "stopped"  # the lock released: the checkpoint's state
