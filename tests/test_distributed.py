@@ -25,7 +25,7 @@ import torch.distributed as dist
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from facegan import batches, checkpoint, config, distributed, losses, step, train  # noqa: E402
+from facegan import batches, checkpoint, config, distributed, losses, runlock, runlog, step, train  # noqa: E402
 from facegan import device as device_policy  # noqa: E402
 from facegan.state import bare, make_state  # noqa: E402
 
@@ -272,9 +272,11 @@ def test_cli_under_torchrun_writes_one_run_and_resumes(celeba_dir, tmp_path):
     assert first.stdout.count("training dcgan64") == 1 and "x 2 processes (global batch 8)" in first.stdout
     assert first.stdout.count("done: step 2") == 1  # rank 0 alone prints
     names = sorted(p.name for p in tmp_path.iterdir())
-    events = [n for n in names if n.startswith("events.out.tfevents.")]
-    assert len(events) == 1  # TensorBoard: rank 0 alone writes
-    assert [n for n in names if n not in events] == ["checkpoint.pt", "losses.png", "samples"]
+    events = [n for n in names if n.startswith("events.out.tfevents.") and n != runlog.HPARAMS_FILE]
+    assert len(events) == 1 and runlog.HPARAMS_FILE in names  # TensorBoard: rank 0 alone writes
+    assert [n for n in names if n not in events] == ["checkpoint.pt", runlog.HPARAMS_FILE, "losses.png", "run.json",
+                                                     "samples", "train.lock"]
+    assert json.loads((tmp_path / "run.json").read_text())["sessions"][0]["world_size"] == 2
     ckpt = checkpoint.read_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng_per_rank"]) == 2
     again = torchrun(*flags, "--max-steps", "4", "--resume")
@@ -311,6 +313,41 @@ def test_sigterm_stops_every_rank_at_the_same_step_with_one_checkpoint(celeba_di
     assert f"checkpoint at step {n} in" in stopped[0] and "torchrun (the same 2 processes)" in stopped[0]
     ckpt = checkpoint.read_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["step"] == n and ckpt["world_size"] == 2
+
+
+def test_the_ranks_of_one_run_share_one_lock_and_a_second_writer_is_refused(celeba_dir, tmp_path):
+    """Rank 0 takes the run folder's lock and the other ranks train under it (were each to take it, they
+    would refuse one another); a second train on the folder names rank 0's process; once torchrun has
+    stopped, a resume takes the lock again."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    flags = ["helpers.py", "train", "--preset", "small32", "--out", str(tmp_path), "--subset", "64", "--batch-size",
+             "4", "--epochs", "0", "--log-every", "1", "--checkpoint-minutes", "0.0002", "--device", "cpu"]
+    run = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            *flags, "--max-steps", "100000"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        end, facts = time.time() + 120, None
+        while time.time() < end and not (facts and facts.get("step", 0) >= 3):
+            facts = runlock.probe(tmp_path)
+            time.sleep(0.1)
+        assert facts and facts.get("step", 0) >= 3, facts
+        holder = facts["pid"]
+        status = Path(f"/proc/{holder}/status")
+        if status.is_file():  # Linux: the holder is one of torchrun's workers, not torchrun itself
+            assert f"PPid:\t{run.pid}\n" in status.read_text()
+        second = subprocess.run([sys.executable, *flags, "--max-steps", "6", "--resume"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert second.stderr.startswith(f"error: {tmp_path} is in use: process {holder} "), second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+    finally:
+        run.send_signal(signal.SIGTERM)  # torchrun forwards it: the ranks save and stop together
+        log = run.communicate(timeout=60)[0]
+    assert "is in use" not in log and log.count("stopped at step") == 1, log[-3000:]  # rank 1 took no lock
+    assert runlock.probe(tmp_path) is None
+    step = checkpoint.read_checkpoint(tmp_path / "checkpoint.pt")["step"]
+    again = torchrun(*flags, "--max-steps", str(step + 2), "--resume")
+    assert again.returncode == 0 and f"done: step {step + 2}" in again.stdout, again.stdout[-2000:] + again.stderr
 
 
 def test_a_rank_that_dies_stops_the_others_with_an_error(celeba_dir, tmp_path):
