@@ -4,6 +4,8 @@
     python bench/search64.py train --only lsgan r1_1               # some of them
     python bench/search64.py score --n 1000                        # FID/KID of each finished run, a table
     python bench/search64.py score --n 1000 --raw --only fast64    # G's own weights instead of the EMA
+    python bench/search64.py train --study improve --steps 4000    # the improvements tried on fast64's recipe
+    python bench/search64.py score --study improve --n 1000        # their FID, KID, precision and recall
 
 Each run is ``python helpers.py train`` with the flags below, in ``runs/search64/NAME``, with
 ``OMP_NUM_THREADS=1``.  The budget is a number of steps, not of minutes: on a shared 2-core
@@ -57,7 +59,26 @@ RUNS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def train_runs(names: list[str], steps: int, parallel: int, out: Path, subset: int = 0) -> None:
+#: The improvements tried on today's fast64 (lazy R1, EMA ramp): the preset's own values, then each run's flags.
+IMPROVE: dict[str, tuple[str, list[str]]] = {
+    "fast64": ("the preset as it ships (BCE, labels 0.9, EMA ramp, lazy R1 0.1)", ["--preset", "fast64"]),
+    "hinge_sn": ("hinge loss and spectral norm in D at fast64's width and rates (no R1: SN bounds D)",
+                 ["--preset", "fast64", "--loss", "hinge", "--d-norm", "spectral", "--r1-gamma", "0"]),
+    "rot_light": ("fast64 + rotation and lighting (brightness, contrast, saturation) DiffAugment on D's inputs",
+                  ["--preset", "fast64", "--diffaug", "rotation,lighting"]),
+    "feat_match": ("fast64 + feature matching on D's last hidden features as an added G loss (weight 1)",
+                   ["--preset", "fast64", "--feature-matching", "1"]),
+    "progressive": ("fast64 grown progressively: 32x32 first, then a faded-in 64x64 stage",
+                    ["--preset", "fast64", "--progressive", "0.25,0.25"]),
+    "wide_g": ("fast64 with G 1.5x as wide (48): more capacity where the faces are drawn",
+               ["--preset", "fast64", "--g-conv-dim", "48"]),
+}
+#: study -> (flags first on every line, the runs, their default folder)
+STUDIES = {"stabilisers": (AS_SEARCHED, RUNS, "search64"), "improve": ([], IMPROVE, "improve64")}
+
+
+def train_runs(names: list[str], steps: int, parallel: int, out: Path, subset: int = 0,
+               study: str = "stabilisers") -> None:
     """Launch the runs, ``parallel`` at a time, each on one thread; wait for all.
 
     ``subset``: train on only this many faces (plus the 256 held out), so that a D which memorises
@@ -76,7 +97,8 @@ def train_runs(names: list[str], steps: int, parallel: int, out: Path, subset: i
             folder.mkdir(parents=True, exist_ok=True)
             resume = ["--resume"] if (folder / "checkpoint.pt").is_file() else []
             budget = round(steps / COST.get(name, 1.0))
-            cmd = [sys.executable, str(ROOT / "helpers.py"), "train", *AS_SEARCHED, *RUNS[name][1], *COMMON, *limited,
+            first, runs, _ = STUDIES[study]
+            cmd = [sys.executable, str(ROOT / "helpers.py"), "train", *first, *runs[name][1], *COMMON, *limited,
                    *epochs, "--max-minutes", "0", "--max-steps", str(budget), "--out", str(folder), *resume]
             log = open(folder / "train.log", "a")
             print(f"{time.strftime('%H:%M:%S')} start {name}: {' '.join(cmd[1:])}", flush=True)
@@ -85,7 +107,7 @@ def train_runs(names: list[str], steps: int, parallel: int, out: Path, subset: i
     print(f"{time.strftime('%H:%M:%S')} all runs done", flush=True)
 
 
-def score_runs(names: list[str], n: int, out: Path, raw: bool = False) -> None:
+def score_runs(names: list[str], n: int, out: Path, raw: bool = False, study: str = "stabilisers") -> None:
     """FID-n and KID of each finished run's (EMA) generator, and its held-out D scores: a table."""
     from facegan.checkpoint import load_generator, read_checkpoint
     from facegan.evaluation import evaluate_generator, inception_extractor
@@ -103,25 +125,33 @@ def score_runs(names: list[str], n: int, out: Path, raw: bool = False) -> None:
         result = evaluate_generator(G, cfg, n, extractor=extractor)
         held = (f"{h['d_real_fixed'][-1]:.2f} / {h['d_holdout'][-1]:.2f}" if h.get("d_holdout") else "")
         print(f"| `{name}` | {ckpt['step']:,} | {ckpt['step'] * cfg.batch_size / 1e6:.2f} M | {result['fid']:.1f} | "
-              f"{result['kid']:.4f} | {held} | {RUNS[name][0]} |", flush=True)
+              f"{result['kid']:.4f} | {held} | {STUDIES[study][1][name][0]} |", flush=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["train", "score"], help="train the runs, or score the finished ones")
-    parser.add_argument("--only", nargs="+", choices=list(RUNS), default=list(RUNS), help="which runs")
+    parser.add_argument("--study", choices=list(STUDIES), default="stabilisers",
+                        help="stabilisers: the 2,000-step search; improve: the improvements tried on today's fast64")
+    parser.add_argument("--only", nargs="+", help="which runs (default: all of the study's)")
     parser.add_argument("--steps", type=int, default=2000, help="training steps per run (fewer for costlier steps)")
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--n", type=int, default=1000, help="FID sample count (and real faces)")
     parser.add_argument("--subset", type=int, default=0,
                         help="train on only this many faces (limited data: D memorises sooner); 0 = all")
     parser.add_argument("--raw", action="store_true", help="score G's own weights instead of its EMA")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "search64", help="folder of the runs")
+    parser.add_argument("--out", type=Path, help="folder of the runs (default: runs/search64 or runs/improve64)")
     args = parser.parse_args()
+    _, runs, folder = STUDIES[args.study]
+    names = args.only or list(runs)
+    unknown = sorted(set(names) - set(runs))
+    if unknown:
+        parser.error(f"--only: no run {unknown} in the {args.study} study; choose from {', '.join(runs)}")
+    out = args.out or ROOT / "runs" / folder
     if args.action == "train":
-        train_runs(args.only, args.steps, args.parallel, args.out, args.subset)
+        train_runs(names, args.steps, args.parallel, out, args.subset, args.study)
     else:
-        score_runs(args.only, args.n, args.out, args.raw)
+        score_runs(names, args.n, out, args.raw, args.study)
     return 0
 
 

@@ -395,3 +395,21 @@ def test_a_128px_dcgan_trains_on_aligned_celeba_cropped(tmp_path, monkeypatch, c
     assert G(models.sample_latent(2, cfg)).shape == (2, 3, 128, 128)
     grids = sorted((out / "samples").glob("step_*.png"))
     assert grids and grids[-1].name == "step_0000003.png"
+
+
+def test_every_run_of_the_64x64_improvement_study_is_a_valid_train_command():
+    """bench/search64.py's IMPROVE runs pass their flags to ``helpers.py train``: each must parse and validate."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("search64", Path(__file__).parents[1] / "bench" / "search64.py")
+    search64 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(search64)
+    parser = cli.build_parser()
+    configs = {}
+    for name, (_, flags) in search64.IMPROVE.items():
+        args = parser.parse_args(["train", *flags, *search64.COMMON, "--max-steps", "10"])
+        configs[name] = cli.config_from_args(args)
+    assert configs["rot_light"].diffaug == "rotation,lighting"
+    assert configs["feat_match"].feature_matching == 1.0
+    assert configs["progressive"].growth_steps(10_000) == (2500, 5000)
+    assert all(c.preset == "fast64" for c in configs.values())
