@@ -53,6 +53,9 @@ def _grow(state: TrainState, real: torch.Tensor) -> torch.Tensor:
     """
     alpha = growth_alpha(state)
     for model in (bare(state.G), bare(state.D), state.ema.module if state.ema is not None else None):
+        if model is not None and getattr(model, "grow", None) is None:
+            raise ValueError(f"progressive growing needs models with a half-size stage (build_models' dcgan models "
+                             f"with Config.progressive set); this {type(model).__name__} has none: drop --progressive")
         if model is not None:
             model.grow.alpha = alpha
     if alpha >= 1:

@@ -519,3 +519,10 @@ def test_a_grown_generator_exports_loads_and_samples_as_a_fast64_generator(celeb
     assert torch.equal(plain.eval()(z), G(z))
     with pytest.raises(ValueError, match="cannot resume.*progressive"):
         train.train(cfg.replace(progressive=""), tmp_path / "run", resume=True, progress=False)
+
+
+def test_growing_your_own_models_without_a_half_size_stage_is_refused_clearly(real64):
+    cfg = config.make_config("fast64", batch_size=16, progressive="0.25,0.25")
+    state = make_state(cfg, 100, "cpu", models=models.build_models(config.make_config("fast64")))
+    with pytest.raises(ValueError, match="needs models with a half-size stage"):
+        step.train_step(state, real64)
