@@ -255,6 +255,8 @@ def _restore(state: TrainState, out: Path | None, resume: bool | dict) -> None:
         raise ValueError("resume needs the run folder (out_dir) that holds the checkpoint")
     ckpt, path = (resume, out) if isinstance(resume, dict) else newest_checkpoint(out)
     clash = [f for f in ARCH_FIELDS if getattr(ckpt["config"], f) != getattr(state.config, f)]
+    if bool(ckpt["config"].progressive) != bool(state.config.progressive):  # growing adds the half-size layers
+        clash.append("progressive")
     if clash:
         raise ValueError(f"cannot resume: the checkpoint's {', '.join(clash)} differ from this configuration "
                          f"(the models' shapes); use the same values or another --out folder")
@@ -331,7 +333,8 @@ def _stop_if_diverged(state: TrainState, record: dict[str, float], saver: Checkp
 
 
 #: The per-step figures a history may hold: the losses and scores, and the stabilisers' own.
-STEP_METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "r1", "ada_p", "d_holdout", "d_real_fixed")
+STEP_METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "r1", "ada_p", "d_holdout", "d_real_fixed",
+                "feature_matching")
 
 
 def _append_history(state: TrainState, record: dict[str, float], seconds: float, eval_seconds: float = 0.0) -> None:
