@@ -32,6 +32,8 @@ run on the learner's code are ``problem_unittests.py``, which re-exports them fr
                               truncated_latent, face_for_seed,
                               interpolate_faces, slerp                        facegan/sampling.py
                               evaluate_generator, nearest_real_faces          facegan/evaluation.py
+                              diversity_report (copying and collapse)         facegan/diversity.py
+                              plot_diversity                                  facegan/plots.py
 
 It is also the command line, the same as ``python -m facegan``::
 
@@ -68,6 +70,7 @@ from facegan.data import (
 
 # 6. Optimisers and the training step
 from facegan.device import pick_device
+from facegan.diversity import diversity_report
 from facegan.evaluation import evaluate_generator, nearest_real_faces
 from facegan.export import load_generator
 from facegan.live import LiveView
@@ -95,7 +98,7 @@ from facegan.models import (
     sample_latent,
     weights_init_normal,
 )
-from facegan.plots import plot_losses, save_progress_gif, show_images, show_samples_over_training
+from facegan.plots import plot_diversity, plot_losses, save_progress_gif, show_images, show_samples_over_training
 from facegan.sampling import face_for_seed, generate, interpolate_faces, slerp, truncated_latent
 from facegan.setup import prepare
 from facegan.state import TrainState, make_state
@@ -120,7 +123,7 @@ __all__ = [
     "PRESETS", "Config", "TrainResult", "in_ci", "make_config", "train",
     # 8. results
     "export_generator", "load_checkpoint", "load_generator", "save_checkpoint", "evaluate_generator",
-    "nearest_real_faces",
+    "nearest_real_faces", "diversity_report", "plot_diversity",
     "plot_losses", "make_progress_gif", "save_progress_gif", "show_images", "show_samples_over_training",
     "face_for_seed", "generate", "interpolate_faces", "slerp", "truncated_latent",
     # the command line

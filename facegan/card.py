@@ -10,10 +10,14 @@ import shlex
 from pathlib import Path
 
 from .config import PRESETS, PROJECT_ROOT, Config, make_config
+from .evaluation import PRDC_KEYS
 
 FID_PROTOCOL = ("FID-N: N generated faces (latents from seed 0) against N real faces of the processed CelebA set "
                 "(a fixed pick, seed 0) resized to the generator's resolution, through the standard TF-Inception "
-                "(2015-12-05) pool features in torchmetrics; KID on the same features, subsets of 1,000.")
+                "(2015-12-05) pool features in torchmetrics; KID on the same features, subsets of 1,000. "
+                "Precision and recall (Kynkaanniemi et al. 2019, k = 3), density and coverage (Naeem et al. 2020, "
+                "k = 5) on the same features: precision and density say how realistic the faces are, recall and "
+                "coverage how much of the real faces' variety they reach.")
 
 
 def train_command(cfg: Config) -> str:
@@ -36,10 +40,11 @@ def train_command(cfg: Config) -> str:
 def _results(metrics: dict, size: int) -> str:
     rows = []
     for key, value in metrics.items():
-        if key.startswith(("fid_", "kid")) and isinstance(value, (int, float)):
+        name = key.split("_")[0]
+        if (key.startswith(("fid_", "kid")) or name in PRDC_KEYS) and isinstance(value, (int, float)):
             n = key.split("_")[1] if "_" in key else "1k"
             n = {"1k": "1000", "10k": "10000"}.get(n, n)
-            rows.append(f"| {'FID' if key.startswith('fid') else 'KID'}-{n}@{size} | {value:g} |")
+            rows.append(f"| {name.upper() if name in ('fid', 'kid') else name}-{n}@{size} | {value:g} |")
     if not rows:
         return "Not measured yet: `python helpers.py fid --generator DIR --n 1000 --record` adds FID-1000 here.\n"
     note = f"\n{metrics['note']}\n" if metrics.get("note") else ""

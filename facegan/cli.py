@@ -2,7 +2,7 @@
 
     train     train a preset (every Config field is a flag; --resume continues a run)
     sample    write generated (or the FID reference) faces as PNG files
-    fid       FID and KID of a generator
+    fid       FID, KID, precision, recall, density and coverage of a generator
     bench     training speed, classic pipeline against this project's
     exercise  regenerate the classroom exercise notebook and its nbgrader assignment
     grade     grade a class's submitted notebooks: a gradebook CSV and an HTML report
@@ -139,23 +139,37 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_generator, inception_extractor
+    from .evaluation import PRDC_KEYS, evaluate_generator, evaluate_real_pick, inception_extractor
 
     path = _generator(args)
-    if args.record and not path.is_dir():
-        raise ValueError(f"--record writes into a model folder's config.json, and {path} is not one: "
-                         f"export it first (python helpers.py export {path} --out DIR)")
+    if args.record and (args.real or not path.is_dir()):
+        raise ValueError(f"--record writes a generator's figures into its model folder's config.json, and {path} "
+                         "is not one (or --real scored real faces): export it first (python helpers.py export "
+                         f"{path} --out DIR), or drop --real")
     G, cfg = load_generator(path, pick_device())
     extractor = inception_extractor(args.weights, pick_device())
-    result = evaluate_generator(G, cfg, args.n, extractor=extractor, seed=args.seed, progress=True)
-    print(f"{path}: FID-{args.n} {result['fid']:.2f}, KID {result['kid']:.4f} "
+    if args.real:
+        result, what = evaluate_real_pick(cfg, args.n, extractor), f"{args.n} other real faces (the reference)"
+    else:
+        result = evaluate_generator(G, cfg, args.n, extractor=extractor, seed=args.seed, progress=True)
+        what = str(path)
+    print(f"{what}: FID-{args.n} {result['fid']:.2f}, KID {result['kid']:.4f} "
           f"+- {result['kid_std']:.4f} ({cfg.image_size}px, against {args.n} real faces at {cfg.image_size}px)")
-    if args.record:
-        from .export import metric_keys, record_metrics
+    if PRDC_KEYS[0] in result:  # not at N <= 5: too few faces for k-nearest-neighbour balls
+        print("  " + ", ".join(f"{key} {result[key]:.3f}" for key in PRDC_KEYS))
+    if args.diversity:
+        from .diversity import diversity_report
+        from .plots import plot_diversity
 
-        fid_key, kid_key = metric_keys(args.n)
-        record_metrics(path, {fid_key: round(result["fid"], 2), kid_key: round(result["kid"], 4)})
-        print(f"recorded {fid_key} and {kid_key} in {path / 'config.json'} and its model card")
+        report = diversity_report(G, cfg, min(args.n, 1000), seed=args.seed)
+        plot_diversity(report, args.diversity)
+        print(f"  {report.summary()}\nwrote {args.diversity}")
+    if args.record:
+        from .export import record_metrics, scored_metrics
+
+        metrics = scored_metrics(result, args.n)
+        record_metrics(path, metrics)
+        print(f"recorded {', '.join(metrics)} in {path / 'config.json'} and its model card")
     return 0
 
 
@@ -240,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write N real faces at the generator's resolution instead (the FID reference set)")
     p.set_defaults(handler=cmd_sample)
 
-    p = sub.add_parser("fid", parents=[common], help="FID and KID of a generator against real faces at its resolution",
+    p = sub.add_parser("fid", parents=[common], help="FID, KID, precision, recall, density and coverage of a "
+                       "generator against real faces at its resolution",
                        formatter_class=show_defaults)
     p.add_argument("--generator", default=None, help="a model folder (assets/models/*), a checkpoint.pt or an "
                    "exported .pt (default: the best shipped model folder)")
@@ -249,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the generated latents")
     p.add_argument("--record", action="store_true",
                    help="store the result in the model folder's config.json (metrics) and rewrite its card")
+    p.add_argument("--real", action="store_true", help="score N other real faces (a pick disjoint from the "
+                   "reference) instead of the generator, at its resolution: what the data itself scores")
+    p.add_argument("--diversity", metavar="PNG", default=None, help="also draw the copying and collapse view "
+                   "(distances to the nearest training face, the most-repeated faces) of N<=1000 faces to PNG")
     p.set_defaults(handler=cmd_fid)
 
     p = sub.add_parser("exercise", parents=[common],

@@ -31,6 +31,7 @@ from .card import render_card
 from .checkpoint import CheckpointError, error_gist, read_checkpoint, unwrap
 from .checkpoint import load_generator as load_checkpoint_generator
 from .config import PROJECT_ROOT, Config
+from .evaluation import PRDC_KEYS
 from .models import build_models, count_parameters
 
 FORMAT, FORMAT_VERSION = "facegan-generator", 1
@@ -266,6 +267,14 @@ def metric_keys(n: int) -> tuple[str, str]:
     """config.json's names for FID and KID at N samples: fid_1k and kid at 1,000, fid_10k and kid_10k..."""
     short = {1000: "1k", 10000: "10k"}.get(n, str(n))
     return f"fid_{short}", "kid" if n == 1000 else f"kid_{short}"
+
+
+def scored_metrics(result: dict, n: int) -> dict:
+    """An ``evaluate_generator`` result at N samples as config.json's metrics (precision, recall_10k...)."""
+    fid_key, kid_key = metric_keys(n)
+    suffix = "" if n == 1000 else "_" + fid_key[4:]
+    return {fid_key: round(result["fid"], 2), kid_key: round(result["kid"], 4),
+            **{key + suffix: round(result[key], 3) for key in PRDC_KEYS if key in result}}
 
 
 # --- the shipped folders

@@ -144,3 +144,47 @@ def save_progress_gif(samples: list, path: str | Path, n_images: int = 16, nrow:
     frames[0].save(path, save_all=True, append_images=frames[1:] + [frames[-1]] * 10,
                    duration=duration_ms, loop=0)
     return path
+
+
+def plot_diversity(report, path: str | Path | None = None, n_faces: int = 8):
+    """The copying and collapse view of a ``facegan.diversity.DiversityReport``; returns the figure.
+
+    Top: each generated face's distance to its nearest training face against real faces' (copying
+    shows as generated faces piled up left of the real curve, near 0).  Bottom: the generated faces
+    with the most near-duplicates among the others, with their count (collapse shows as large
+    counts; a healthy generator's are all 0).  ``path`` also writes it as a PNG.
+    """
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(12, 6.5))
+    grid = fig.add_gridspec(2, n_faces, height_ratios=[2.2, 1], hspace=0.45)
+    ax = fig.add_subplot(grid[0, :])
+    top = max(report.fake_distances.max().item(), report.real_distances.max().item())
+    bins = np.linspace(0, top * 1.02, 50)
+    ax.hist(report.real_distances.numpy(), bins, density=True, alpha=0.55, color="tab:blue",
+            label=f"{len(report.real_distances)} real faces it did not train on ({report.reference})")
+    ax.hist(report.fake_distances.numpy(), bins, density=True, alpha=0.55, color="tab:orange",
+            label=f"{len(report.fake_distances)} generated faces")
+    ax.axvline(report.threshold, color="k", ls="--", lw=1, label="near-duplicate distance (1% of real faces)")
+    ax.set_xlabel("RMS pixel distance to the nearest training face ([-1, 1] scale)")
+    ax.set_ylabel("density")
+    real_repeated = 100 * (report.real_repeats > 0).double().mean().item()
+    ax.set_title(f"closer than the dashed line: {100 * report.copied:.1f}% of generated faces (1% of real ones); "
+                 f"with a near-duplicate: {100 * report.repeated:.1f}% (real: {real_repeated:.1f}%)", fontsize=10)
+    ax.legend(fontsize=8)
+    picks = report.most_repeated(n_faces)
+    faces = report.fakes[picks] if report.fakes.dtype == torch.uint8 else to_uint8(report.fakes[picks])
+    for i, (face, j) in enumerate(zip(faces, picks.tolist(), strict=True)):
+        sub = fig.add_subplot(grid[1, i])
+        sub.imshow(face.permute(1, 2, 0).cpu().numpy())
+        sub.set_title(f"{int(report.repeats[j])} near-dup.", fontsize=8)
+        sub.set_xlabel(f"next {report.closest_other[j]:.2f}", fontsize=7)
+        sub.set_xticks([])
+        sub.set_yticks([])
+    fig.text(0.5, 0.36, "the most-repeated generated faces (count of near-duplicates; distance to the closest other "
+             "generated face)", ha="center", fontsize=9)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+    return fig

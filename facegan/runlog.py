@@ -138,14 +138,15 @@ class RunLog:
         writer.add_image("samples/real", image_grid(images.detach().float().cpu()), 0, dataformats="HWC")
         writer.flush()
 
-    def fid(self, step: int, fid: float, kid: float | None = None) -> None:
-        """One FID measurement (and its KID, when measured)."""
+    def fid(self, step: int, fid: float, kid: float | None = None, more: dict[str, float] | None = None) -> None:
+        """One FID measurement (and its KID, and ``more`` figures such as precision and recall, when measured)."""
         writer = self._open()
         if writer is None:
             return
         writer.add_scalar("eval/fid", fid, step)
-        if kid is not None and math.isfinite(kid):
-            writer.add_scalar("eval/kid", kid, step)
+        for name, value in {"kid": kid, **(more or {})}.items():
+            if value is not None and math.isfinite(value):
+                writer.add_scalar(f"eval/{name}", value, step)
         writer.flush()
 
     def close(self) -> None:

@@ -176,7 +176,7 @@ def pick_every(steps: list[int], every: int | None) -> list[int]:
 
 def score_run(summary: RunSummary, n: int, extractor, max_step: int | None = None, every: int | None = None) -> None:
     """Replace a run's curve by FID-N of its kept generators (one per ``every`` steps) and checkpoint, measured now."""
-    from .evaluation import evaluate_generator
+    from .evaluation import PRDC_KEYS, evaluate_generator
     from .export import load_generator
 
     ckpt, _ = read_run(summary.path)
@@ -196,7 +196,9 @@ def score_run(summary: RunSummary, n: int, extractor, max_step: int | None = Non
         G, _ = load_generator(path)
         result = evaluate_generator(G, cfg, n, extractor=extractor)
         points.append((step, step * per_step, result["fid"]))
-        print(f"{summary.path}: step {step:,}: FID-{n} {result['fid']:.2f}, KID {result['kid']:.4f}", flush=True)
+        diversity = ", ".join(f"{k} {result[k]:.3f}" for k in PRDC_KEYS if k in result)
+        print(f"{summary.path}: step {step:,}: FID-{n} {result['fid']:.2f}, KID {result['kid']:.4f}"
+              + (f", {diversity}" if diversity else ""), flush=True)
     summary.points, summary.fid_n = points, n
 
 

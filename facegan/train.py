@@ -31,7 +31,7 @@ from .clock import RunClock
 from .config import Config
 from .data import DataError, resolve_image_dir
 from .device import pick_device
-from .evaluation import evaluate_generator, inception_extractor
+from .evaluation import PRDC_KEYS, evaluate_generator, inception_extractor
 from .holdout import HeldOutView
 from .plots import grid_path, plot_losses, read_grids, save_grid, save_progress_gif
 from .record import write_record
@@ -357,7 +357,7 @@ def _record_fid(state: TrainState, extractor: nn.Module, folder: Path | None, lo
                                folder=folder)
     state.history.setdefault("fid_step", []).append(state.step)
     state.history.setdefault("fid", []).append(score["fid"])
-    log.fid(state.step, score["fid"], score.get("kid"))
+    log.fid(state.step, score["fid"], score.get("kid"), {k: v for k, v in score.items() if k in PRDC_KEYS})
 
 
 def _save_grid(state: TrainState, result: TrainResult, log: RunLog) -> int:

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from facegan import batches, checkpoint, cli, config, data, evaluation, export, models, plots, sampling, train
+from facegan import card as card_module
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/fid/inception-2015-12-05-fid-weights.pth"
 
@@ -88,8 +89,15 @@ def test_cli_sample_and_fid(image_folder, tmp_path, capsys, monkeypatch):
     cli.main(["sample", "--generator", str(gen), "--n", "4", "--out", str(tmp_path / "r"), "--real"])
     assert len(list((tmp_path / "r").glob("*.png"))) == 4
     monkeypatch.setattr(evaluation, "inception_extractor", lambda *a, **k: CountingExtractor())
-    cli.main(["fid", "--generator", str(gen), "--n", "6"])
-    assert "FID-6" in capsys.readouterr().out
+    cli.main(["fid", "--generator", str(gen), "--n", "6", "--diversity", str(tmp_path / "view.png")])
+    out = capsys.readouterr().out
+    assert "FID-6" in out and "precision" in out and "coverage" in out and "have a near-duplicate" in out
+    assert (tmp_path / "view.png").stat().st_size > 10_000
+    cli.main(["fid", "--generator", str(gen), "--n", "6", "--real"])  # a second, disjoint pick of real faces
+    out = capsys.readouterr().out
+    assert "6 other real faces (the reference): FID-6" in out and "FID-6 0.00," not in out  # not the same 6
+    cli.main(["fid", "--generator", str(gen), "--n", "4"])  # too few for k = 5 balls: FID and KID only
+    assert "FID-4" in (out := capsys.readouterr().out) and "precision" not in out
 
 
 @pytest.mark.slow
@@ -101,6 +109,13 @@ def test_fid_tracking_during_training(image_folder, tmp_path, monkeypatch):
     state = train.train(cfg, tmp_path / "run", progress=False)
     assert state.history["fid_step"] == [2, 4] and all(np.isfinite(state.history["fid"]))
     assert len(plots.plot_losses(state.history).axes) == 3  # FID beside the losses
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"scalars": 0})
+    events.Reload()
+    for name in ("fid", "kid", *evaluation.PRDC_KEYS):  # TensorBoard's eval/ group, at each FID step
+        assert [e.step for e in events.Scalars(f"eval/{name}")] == [2, 4]
+    assert all(0 <= e.value <= 1 for e in events.Scalars("eval/coverage"))
 
 
 @pytest.mark.slow
@@ -182,3 +197,109 @@ def test_shipped_generator_is_small_and_draws_faces(path, celeba_dir):
     real_mean = batches.uint8_to_model_range(torch.from_numpy(np.array(real))).mean(0)
     corr = torch.corrcoef(torch.stack([images.mean(0).flatten(), real_mean.flatten()]))[0, 1]
     assert corr > 0.8, corr
+
+
+# --- precision, recall, density and coverage (evaluation.prdc)
+
+def brute_force_prdc(real: np.ndarray, fake: np.ndarray, k_pr: int, k_dc: int) -> dict[str, float]:
+    """The four definitions written out with plain loops: the reference ``prdc`` must equal."""
+    def dist(a, b):
+        return float(np.sqrt(((a - b) ** 2).sum()))
+
+    def radius(x, i, k):  # distance to the k-th nearest *other* point
+        return sorted(dist(x[i], x[j]) for j in range(len(x)) if j != i)[k - 1]
+
+    real_pr = [radius(real, i, k_pr) for i in range(len(real))]
+    real_dc = [radius(real, i, k_dc) for i in range(len(real))]
+    fake_pr = [radius(fake, j, k_pr) for j in range(len(fake))]
+    precision = np.mean([any(dist(f, r) <= real_pr[i] for i, r in enumerate(real)) for f in fake])
+    recall = np.mean([any(dist(r, f) <= fake_pr[j] for j, f in enumerate(fake)) for r in real])
+    density = np.mean([sum(dist(f, r) <= real_dc[i] for i, r in enumerate(real)) for f in fake]) / k_dc
+    coverage = np.mean([min(dist(r, f) for f in fake) <= real_dc[i] for i, r in enumerate(real)])
+    return {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
+
+
+@pytest.mark.parametrize("k_pr,k_dc,chunk", [(3, 5, 1024), (1, 2, 7), (4, 4, 5)])
+def test_prdc_equals_the_brute_force_definitions(k_pr, k_dc, chunk):
+    rng = np.random.default_rng(k_pr)
+    real = rng.normal(size=(60, 8))
+    fake = rng.normal(0.4, 1.3, size=(45, 8))  # shifted and wider: all four away from 0 and 1
+    got = evaluation.prdc(torch.from_numpy(real), torch.from_numpy(fake), k_pr, k_dc, chunk=chunk)
+    want = brute_force_prdc(real, fake, k_pr, k_dc)
+    assert got == pytest.approx(want, abs=1e-12)
+    assert 0 < want["precision"] < 1 and 0 < want["coverage"] < 1  # not a trivial all-in or all-out case
+
+
+def test_precision_and_recall_agree_with_torch_fidelity():
+    """torch-fidelity (installed with torchmetrics[image]) implements Kynkaanniemi et al. at k = 3."""
+    prc = pytest.importorskip("torch_fidelity.metric_prc")
+    g = torch.Generator().manual_seed(1)
+    real, fake = torch.randn(300, 32, generator=g), torch.randn(250, 32, generator=g) * 1.2
+    theirs = prc.calculate_precision_recall_full(fake, real, neighborhood=3)
+    ours = evaluation.prdc(real, fake, k_pr=3)
+    assert (ours["precision"], ours["recall"]) == pytest.approx(theirs, abs=1e-6)  # theirs: a float32 mean
+
+
+def manifold(n: int, seed: int, dim: int = 8, ambient: int = 256) -> torch.Tensor:
+    """Points on an 8-dimensional plane in 256 dimensions (the same plane for every seed): like Inception
+    features of faces, a low-dimensional set in a high-dimensional space."""
+    basis = torch.randn(dim, ambient, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) @ basis
+
+
+def test_prdc_known_answers_on_synthetic_features():
+    real, other = manifold(500, 1), manifold(500, 2)
+    same = evaluation.prdc(real, other)
+    # Two samples of one distribution.  Naeem et al. derive E[density] = 1 and E[coverage] = 1 - 2**-k
+    # (0.97 at k = 5); precision and recall fall short of 1 because k = 3 balls around a finite sample
+    # leave gaps (0.86 and 0.88 here, lower in more dimensions): "near 1" means well above the failures below.
+    assert same["precision"] > 0.75 and same["recall"] > 0.75
+    assert 0.85 < same["density"] < 1.15 and same["coverage"] > 0.92
+    # A "generator" repeating 5 real samples 100 times: every face is real (precision 1) but it reaches
+    # only the 5 faces' neighbourhoods (recall and coverage near 0).
+    copies = real[torch.arange(500) % 5]
+    repeat = evaluation.prdc(real, copies)
+    assert repeat["precision"] == 1.0 and repeat["recall"] < 0.03 and repeat["coverage"] < 0.1
+    # Noise with the same mean and spread, in every direction: off the plane, so no face is realistic.
+    noise = torch.randn(500, 256, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    noise = noise * real.std() + real.mean()
+    off = evaluation.prdc(real, noise)
+    assert off["precision"] < 0.02 and off["density"] < 0.02 and off["coverage"] < 0.02
+    # (its recall is high: noise's wide k-NN balls swallow the real faces, the flaw density and coverage fix)
+
+
+def test_a_model_folder_records_all_six_figures_and_its_card_shows_them(tmp_path):
+    result = {"fid": 39.634, "kid": 0.02461, "kid_std": 0.001, "precision": 0.7123, "recall": 0.4567,
+              "density": 1.0234, "coverage": 0.8766, "n": 10000}
+    metrics = export.scored_metrics(result, 10000)
+    assert metrics == {"fid_10k": 39.63, "kid_10k": 0.0246, "precision_10k": 0.712, "recall_10k": 0.457,
+                       "density_10k": 1.023, "coverage_10k": 0.877}
+    assert set(export.scored_metrics(result, 1000)) == {"fid_1k", "kid", *evaluation.PRDC_KEYS}
+    card = card_module.render_card({"metrics": metrics}, config.make_config("fast64"), tmp_path, False, 0)
+    for row in ("| FID-10000@64 | 39.63 |", "| recall-10000@64 | 0.457 |", "| coverage-10000@64 | 0.877 |"):
+        assert row in card
+
+
+def test_the_second_real_pick_is_disjoint_from_the_reference_and_fixed():
+    first, second = evaluation.real_sample_indices(100, 30), evaluation.real_sample_indices(100, 30, pick=1)
+    assert len(set(first)) == len(set(second)) == 30 and not set(first) & set(second)
+    assert np.array_equal(second, evaluation.real_sample_indices(100, 30, pick=1))
+
+
+def test_prdc_needs_more_faces_than_k():
+    with pytest.raises(ValueError, match="more than 5 faces"):
+        evaluation.prdc(torch.randn(5, 4), torch.randn(10, 4))
+
+
+@pytest.mark.slow
+def test_prdc_on_real_faces_through_inception(celeba_dir, inception):
+    """The same answers on real Inception features: 100 faces, a disjoint 100, noise and copies."""
+    real = evaluation.real_features(100, 32, inception)
+    other = evaluation.real_features(100, 32, inception, pick=1)
+    noise = evaluation.inception_features(torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8,
+                                                        generator=torch.Generator().manual_seed(0)), inception)
+    same, off = evaluation.prdc(real, other), evaluation.prdc(real, noise)
+    repeat = evaluation.prdc(real, real[torch.arange(100) % 4])
+    assert same["precision"] > 0.5 and same["recall"] > 0.5 and same["density"] > 0.6 and same["coverage"] > 0.8
+    assert off["precision"] < 0.05 and off["density"] < 0.05 and off["coverage"] < 0.05
+    assert repeat["precision"] == 1.0 and repeat["recall"] < 0.1 and repeat["coverage"] < 0.2
