@@ -6,6 +6,7 @@
     python bench/search64.py score --n 1000 --raw --only fast64    # G's own weights instead of the EMA
     python bench/search64.py train --study improve --steps 4000    # the improvements tried on fast64's recipe
     python bench/search64.py score --study improve --n 1000        # their FID, KID, precision and recall
+    OMP_NUM_THREADS=1 python bench/search64.py speed --study improve   # each run's img/s against the first's
 
 Each run is ``python helpers.py train`` with the flags below, in ``runs/search64/NAME``, with
 ``OMP_NUM_THREADS=1``.  The budget is a number of steps, not of minutes: on a shared 2-core
@@ -128,9 +129,71 @@ def score_runs(names: list[str], n: int, out: Path, raw: bool = False, study: st
               f"{result['kid']:.4f} | {held} | {STUDIES[study][1][name][0]} |", flush=True)
 
 
+def _speed_states(names: list[str], study: str, subset: int) -> tuple[dict, object]:
+    """(label -> a fresh TrainState of that run's configuration, the batches); a grown run twice: half size, fade."""
+    from facegan import cli
+    from facegan.batches import training_batches
+    from facegan.state import make_state
+
+    first, runs, _ = STUDIES[study]
+    parser, states, data = cli.build_parser(), {}, None
+    for name in names:
+        args = parser.parse_args(["train", *first, *runs[name][1], "--subset", str(subset), "--max-minutes", "0"])
+        cfg = cli.config_from_args(args)
+        data = data or training_batches(cfg, "cpu")
+        state = make_state(cfg, len(data), "cpu")
+        if not cfg.progressive:
+            states[name] = state
+            continue
+        fade, full = cfg.growth_steps(state.total_steps)
+        states[f"{name} (half size)"] = state
+        states[f"{name} (fade)"] = make_state(cfg, len(data), "cpu")
+        states[f"{name} (fade)"].step = (fade + full) // 2
+    return states, data
+
+
+def speed_runs(names: list[str], study: str, rounds: int = 3, subset: int = 2048) -> None:
+    """Each run's training step in img/s against the first run's, interleaved in one process on the CPU.
+
+    A shared machine's speed drifts by more than an option costs, so the runs take turns: each
+    round times 16 steps of every run, and each keeps its best round (as ``helpers.py bench
+    --stabilisers`` does).  The ratio to the first run is the figure to read.
+    """
+    import torch
+
+    from facegan.step import train_step
+
+    states, data = _speed_states(names, study, subset)
+
+    def stream():
+        epoch = 0
+        while True:
+            yield from data.epoch(epoch)
+            epoch += 1
+
+    batches = stream()
+    for state in states.values():  # warm-up: first-call allocations and kernel choices
+        for _ in range(2):
+            train_step(state, next(batches))
+    best = dict.fromkeys(states, float("inf"))
+    for _ in range(rounds):
+        for label, state in states.items():
+            t = time.perf_counter()
+            for _ in range(16):
+                train_step(state, next(batches))
+            best[label] = min(best[label], time.perf_counter() - t)
+    base = next(iter(best.values()))
+    print(f"| run ({torch.get_num_threads()} thread(s), best of {rounds} interleaved rounds of 16 steps) | img/s | "
+          f"against `{names[0]}` |\n|---|---|---|")
+    for label, seconds in best.items():
+        batch = states[label].config.batch_size
+        print(f"| `{label}` | {16 * batch / seconds:.0f} | {base / seconds:.0%} |", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["train", "score"], help="train the runs, or score the finished ones")
+    parser.add_argument("action", choices=["train", "score", "speed"],
+                        help="train the runs, score the finished ones, or time each run's step")
     parser.add_argument("--study", choices=list(STUDIES), default="stabilisers",
                         help="stabilisers: the 2,000-step search; improve: the improvements tried on today's fast64")
     parser.add_argument("--only", nargs="+", help="which runs (default: all of the study's)")
@@ -150,6 +213,8 @@ def main() -> int:
     out = args.out or ROOT / "runs" / folder
     if args.action == "train":
         train_runs(names, args.steps, args.parallel, out, args.subset, args.study)
+    elif args.action == "speed":
+        speed_runs(names, args.study)
     else:
         score_runs(names, args.n, out, args.raw, args.study)
     return 0

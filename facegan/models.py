@@ -7,7 +7,8 @@ D's input and G's output layers), LeakyReLU(0.2) in D, ReLU in G and tanh on
 G's output, so that images live in [-1, 1].
 
 Every model takes one width knob, ``conv_dim``: the channels of D's first layer and of
-G's last hidden layer (the DCGAN paper's ndf and ngf).
+G's last hidden layer (the DCGAN paper's ndf and ngf).  The 64x64 models can also grow
+progressively (``HalfSizeStage``), and every D can hand out its last hidden features.
 """
 from __future__ import annotations
 

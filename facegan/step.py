@@ -3,7 +3,8 @@
 It computes the same updates as the textbook steps in ``facegan.updates`` with less work:
 G runs forward once per step (its fakes are scored, detached, by D's loss, then scored
 again for G's), and D's weights are frozen during the G step, so no gradients are
-computed for them only to be thrown away.
+computed for them only to be thrown away.  Beyond the textbook: the stabilisers (R1, ADA,
+instance noise), feature matching as an added G loss, and progressive growing's fade.
 """
 from __future__ import annotations
 
