@@ -84,6 +84,11 @@ class RunClock:
         finally:
             self.evaluating_now += time.perf_counter() - began
 
+    def evaluate(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` on the evaluation clock; its result."""
+        with self.evaluating():
+            return fn(*args, **kwargs)
+
     def should_stop(self) -> bool:
         """A stop was requested: at once in one process; in several, once every rank agreed on it."""
         return self.stop_agreed if self.distributed else bool(self._stop and self._stop.requested)

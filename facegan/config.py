@@ -70,7 +70,7 @@ class Config:
     batch_size: int = 64  # images per step
     epochs: int = 5  # passes over the data set
     max_steps: int = 0  # stop after this many steps; 0 = run all epochs
-    max_minutes: float = 0.0  # stop after this much training time, resumes included (checkpointed); 0 = no limit
+    max_minutes: float = 0.0  # stop after this much training time, resumes included (FID, grids on top); 0 = no limit
     checkpoint_minutes: float = 5.0  # also checkpoint mid-epoch this often (minutes of training); 0 = epoch ends only
     # --- data
     data: str = "celeba"  # "celeba" (processed set, fetched on demand), a folder, or a .zip
@@ -245,7 +245,8 @@ PRESETS: dict[str, dict] = {
     "classic32": dict(arch="linear-stem", image_size=32, z_size=100, g_conv_dim=64, d_conv_dim=64, n_layers=4,
                       lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, real_label=(0.9, 0.9), batch_size=64),
     # The best 32x32 faces per CPU-minute (docs/results.md): small32's layout twice as wide, real labels
-    # 0.9, EMA, a 25-minute budget and a constant rate (decaying it to 0 scored worse).
+    # 0.9, EMA, a budget of 25 training minutes (FID and grids on top) and a constant rate (decaying it to 0
+    # scored worse).
     "fast32": dict(arch="linear-stem", image_size=32, z_size=100, g_conv_dim=64, d_conv_dim=64, n_layers=3,
                    lr_g=0.002, lr_d=0.002, beta1=0.5, beta2=0.99, real_label=(0.9, 0.9), ema_decay=0.999,
                    batch_size=64, epochs=100, max_minutes=25.0),
@@ -262,8 +263,9 @@ PRESETS: dict[str, dict] = {
     # img/s, for half the updates).  Lazy R1 at gamma 0.1 keeps D from drifting into winning: without it
     # D(G(z)) sinks and past about 17,800 steps the faces fall apart (FID-1000 51 -> 135); with it D(G(z))
     # holds near 0.35 and FID-1000 falls to 39.2 at step 20,200 (51.4 at the old stop, 16,797), for 3% of
-    # the img/s.  40 epochs (20,360 steps) or 60 minutes, whichever ends first: it levels off after that;
-    # on 2 AVX-512 cores the hour ends first, at 18,897 steps and FID-1000 39.6.
+    # the img/s.  40 epochs (20,360 steps) or 60 minutes of training time (FID and grids come on top),
+    # whichever ends first: it levels off after that; on 2 AVX-512 cores the hour ends first, at 18,897
+    # steps and FID-1000 39.6 (measured when its hour also counted the epoch-end grids and loss plots).
     # The EMA's horizon ramps up (5% of the steps so far): at 2,000 steps FID-1000 92 against 122.
     "fast64": dict(arch="dcgan", image_size=64, z_size=128, g_conv_dim=32, d_conv_dim=32,
                    lr_g=1e-3, lr_d=1e-3, beta1=0.5, beta2=0.99, real_label=(0.9, 0.9), r1_gamma=0.1, r1_every=16,

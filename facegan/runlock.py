@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import distributed as ddp
+from .state import TrainState
 
 try:
     import fcntl
@@ -139,13 +140,16 @@ def one_writer(train_fn):
     return locked
 
 
-def heartbeat(out: Path | None, **progress) -> None:
-    """At a logged step: rewrite the lock file with ``progress`` (step, speed, minutes) and the time."""
+def heartbeat(out: Path | None, state: TrainState, images_per_second: float, minutes: dict[str, float]) -> None:
+    """At a logged step: rewrite the lock file with the run's step, images, training speed and
+    minutes (``{"train_minutes": ..., "eval_minutes": ...}``), and the time."""
     held = _held.get(Path(out).resolve()) if out is not None else None
     if held is None:
         return
     facts = _facts(held[0])
-    facts.update(progress, logged=time.time())
+    facts.update(preset=state.config.preset, step=state.step, images_per_second=round(images_per_second, 1),
+                 images_seen=state.step * state.config.batch_size * ddp.world_size(),
+                 **{k: round(v, 2) for k, v in minutes.items()}, logged=time.time())
     _write(held[0], facts)
 
 

@@ -16,6 +16,9 @@
                        value of every curve (eval/fid: the FID the run ended on)
     config/changes     text, at the step a resume changed fields of the configuration (also in run.json)
 
+Given the training device, a ``RunLog`` also adds the session to the run folder's ``run.json``
+(facegan/record.py): command line, commit, versions, machine, and the fields a resume changed.
+
 TensorBoard keeps the first hyperparameters it reads for a run, so they are not in the
 training event files: each call rewrites one small event file of their own,
 ``events.out.tfevents.0000000000.hparams``, whose name sorts before every other, so the HParams
@@ -38,6 +41,7 @@ import torch
 
 from . import distributed as ddp
 from .config import Config
+from .record import write_record
 from .state import TrainState
 
 #: The prefix of the event files SummaryWriter names (``events.out.tfevents.TIME.HOST.PID.N``).
@@ -70,12 +74,14 @@ class RunLog:
     that trains nothing leaves no file behind.
     """
 
-    def __init__(self, out_dir: str | Path | None, cfg: Config, start_step: int = 0, enabled: bool = True):
+    def __init__(self, out_dir: str | Path | None, cfg: Config, start_step: int = 0, enabled: bool = True,
+                 device: torch.device | None = None):
         self.out = Path(out_dir) if out_dir is not None else None
         self.cfg, self.start_step = cfg, start_step
         self.enabled = enabled and self.out is not None and ddp.is_main()
-        self._writer = None
-        self.changes: list[dict] = []  # fields this session changed (facegan/record.py): text at start_step
+        self._writer, self._real_logged = None, start_step > 0  # a resume's real faces are logged already
+        # With the training device: this session in run.json, and the fields it changed (text at start_step).
+        self.changes = write_record(self.out, cfg, device, start_step) if device is not None and self.enabled else []
         if self.enabled and start_step == 0:  # a fresh run: no curves of an earlier run in its folder
             for old in self.out.glob(EVENT_FILES):
                 old.unlink()
@@ -129,10 +135,12 @@ class RunLog:
         writer.flush()
 
     def real_faces(self, images: torch.Tensor) -> None:
-        """Real training faces ([-1, 1] or uint8), at step 0: what the fixed-latent grids are aiming at."""
-        writer = self._open()
+        """Real training faces ([-1, 1] or uint8), at step 0, once per run (later calls do nothing): what
+        the fixed-latent grids are aiming at."""
+        writer = None if self._real_logged else self._open()
         if writer is None:
             return
+        self._real_logged = True
         from .plots import image_grid
 
         writer.add_image("samples/real", image_grid(images.detach().float().cpu()), 0, dataformats="HWC")

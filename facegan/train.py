@@ -14,7 +14,6 @@ the last good checkpoint is kept as it was.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,6 @@ from .device import pick_device
 from .evaluation import PRDC_KEYS, evaluate_generator, inception_extractor
 from .holdout import HeldOutView
 from .plots import grid_path, plot_losses, read_grids, save_grid, save_progress_gif
-from .record import write_record
 from .runlock import heartbeat, one_writer
 from .runlog import RunLog, grad_norms, learning_rates, mark_diverged
 from .sampling import generate, to_uint8
@@ -100,8 +98,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool | dict = 
     saver, result = Checkpointer(out, state.step), TrainResult(state, out)
     meter, extractor = _Meter(), None  # the Inception network loads at the first FID measurement
     last_grid = -1  # the step of this call's latest grid
-    log = RunLog(out, cfg, state.step)  # TensorBoard event files in the run folder (facegan/runlog.py)
-    log.changes = write_record(out, cfg, device, state.step)  # run.json: command, code, machine (facegan/record.py)
+    log = RunLog(out, cfg, state.step, device=device)  # TensorBoard events and run.json (facegan/runlog.py)
     held_out = _held_out_view(state, batches)  # D's scores on faces it never trains on (Config.holdout)
     plan = cfg.max_minutes > 0 and (cfg.lr_schedule != "constant" or cfg.instance_noise > 0)
 
@@ -112,8 +109,6 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool | dict = 
                 for real in batches.epoch(state.epoch, start=state.batch_in_epoch):
                     # Execute one training step and accumulate its metrics.
                     meter.add(train_step(state, real), real.size(0) * ddp.world_size())
-                    if state.step == 1:  # a fresh run's first batch: real faces beside the fakes, once
-                        log.real_faces(real[:cfg.n_samples])
                     if plan and not state.horizon_fixed:  # a schedule over the time budget: fix its end in steps
                         _plan_horizon(state, clock, meter.steps)
                     state.batch_in_epoch += 1
@@ -125,22 +120,20 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool | dict = 
                     logged = (state.step % cfg.log_every == 0 or state.step == state.total_steps
                               or not clock.distributed and clock.out_of_time())  # the budget's last step
                     if logged:  # history, NaN stop, progress bar, TensorBoard
-                        _log_step(state, meter, held_out, clock, saver, bar, log)
-                    if ddp.is_main() and cfg.fid_every and state.step % cfg.fid_every == 0:
-                        with clock.evaluating():  # not training time: facegan/clock.py
-                            extractor = extractor or inception_extractor(device=device)
-                            _record_fid(state, extractor, folder, log)
+                        _log_step(state, meter, held_out, clock, saver, bar, log, real)
+                    if ddp.is_main() and cfg.fid_every and state.step % cfg.fid_every == 0:  # evaluation time:
+                        extractor = extractor or clock.evaluate(inception_extractor, device=device)  # clock.py
+                        clock.evaluate(_record_fid, state, extractor, folder, log)
                     grid_due = state.step % cfg.sample_every == 0 if cfg.sample_every else epoch_end
                     if grid_due:
-                        with clock.evaluating():
-                            last_grid = _save_grid(state, result, log)
+                        last_grid = clock.evaluate(_save_grid, state, result, log)
                     if epoch_end or logged and clock.checkpoint_due():
                         _save(state, saver, clock, full=epoch_end)
                     if clock.should_stop():  # SIGTERM or Ctrl-C, at a step boundary (distributed: agreed)
                         raise KeyboardInterrupt("stop requested")
                     if state.step >= state.total_steps or clock.out_of_time():
                         if not logged:  # the budget ran out during maintenance (a save, a grid): log its last step
-                            _log_step(state, meter, held_out, clock, saver, bar, log)
+                            _log_step(state, meter, held_out, clock, saver, bar, log, real)
                         break
         except KeyboardInterrupt:
             saver.save(state)
@@ -154,7 +147,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool | dict = 
         if last_grid != state.step:
             _save_grid(state, result, log)
         if saver.step != state.step:  # stopped mid-epoch (max_steps, max_minutes)
-            _save(state, saver, None, full=True)
+            _save(state, saver, clock, full=True)
         if out and ddp.is_main():
             make_progress_gif(out, cfg.image_size)
     log.close()
@@ -285,9 +278,9 @@ def _plan_horizon(state: TrainState, clock: RunClock, steps_this_call: int) -> N
 
 
 def _log_step(state: TrainState, meter: _Meter, held_out: HeldOutView | None, clock: RunClock,
-              saver: Checkpointer, bar: _Progress, log: RunLog) -> None:
+              saver: Checkpointer, bar: _Progress, log: RunLog, real: torch.Tensor) -> None:
     """At a logged step: the window's means (and D's held-out view), agreed by every rank, into the
-    history, the NaN check, the progress bar and TensorBoard."""
+    history, the NaN check, the progress bar and TensorBoard (with a fresh run's real faces, once)."""
     record = meter.mean()
     if held_out is not None:
         record.update(held_out.scores(state))
@@ -300,9 +293,8 @@ def _log_step(state: TrainState, meter: _Meter, held_out: HeldOutView | None, cl
     bar.show(record, speed)
     minutes = {"train_minutes": seconds / 60, "eval_minutes": evaluated / 60}
     log.scalars(state.step, record, learning_rates(state), speed, minutes)
-    heartbeat(saver.out, preset=state.config.preset, step=state.step, images_per_second=round(speed, 1),
-              images_seen=state.step * state.config.batch_size * ddp.world_size(),  # `runs` shows a live run
-              **{k: round(v, 2) for k, v in minutes.items()})
+    log.real_faces(real[:state.config.n_samples])  # a fresh run's first logged batch; later calls do nothing
+    heartbeat(saver.out, state, speed, minutes)  # what `python helpers.py runs` shows of a live run
 
 
 def _held_out_view(state: TrainState, batches) -> HeldOutView | None:
@@ -375,15 +367,14 @@ def _save_grid(state: TrainState, result: TrainResult, log: RunLog) -> int:
     return state.step
 
 
-def _save(state: TrainState, saver: Checkpointer, clock: RunClock | None, full: bool) -> None:
+def _save(state: TrainState, saver: Checkpointer, clock: RunClock, full: bool) -> None:
     """Checkpoint; at epoch ends and at the end also the loss plot (evaluation time)."""
     saved = saver.save(state)
-    if clock is not None:
-        clock.checkpointed()
+    clock.checkpointed()
     if saved and full and ddp.is_main() and state.history["step"]:
         import matplotlib.pyplot as plt
 
-        with clock.evaluating() if clock is not None else contextlib.nullcontext():
+        with clock.evaluating():
             fig = plot_losses(state.history)
             fig.savefig(saver.out / "losses.png", dpi=100, bbox_inches="tight")
             plt.close(fig)

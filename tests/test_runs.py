@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -171,8 +172,8 @@ def test_a_run_in_training_is_listed_as_running_with_its_step_speed_and_last_log
     fake_run(tmp_path / "live", step=8, epochs=100)  # its last checkpoint: step 8
     (tmp_path / "fresh").mkdir()  # no checkpoint yet
     with runlock.hold(tmp_path / "live"), runlock.hold(tmp_path / "fresh"):
-        runlock.heartbeat(tmp_path / "live", preset="small32", step=12, images_seen=192, images_per_second=345.6,
-                          train_minutes=2.5, eval_minutes=0.75)
+        state = SimpleNamespace(config=config.make_config("small32", batch_size=16), step=12)  # 192 images seen
+        runlock.heartbeat(tmp_path / "live", state, 345.6, {"train_minutes": 2.5, "eval_minutes": 0.75})
         assert cli.main(["runs", str(tmp_path)]) == 0
         out = capsys.readouterr().out
     rows = {Path(line.split()[0]).name: line for line in out.splitlines() if line.startswith("/")}
