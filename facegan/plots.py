@@ -161,8 +161,9 @@ def plot_diversity(report, path: str | Path | None = None, n_faces: int = 8):
     ax = fig.add_subplot(grid[0, :])
     top = max(report.fake_distances.max().item(), report.real_distances.max().item())
     bins = np.linspace(0, top * 1.02, 50)
-    ax.hist(report.real_distances.numpy(), bins, density=True, alpha=0.55, color="tab:blue",
-            label=f"{len(report.real_distances)} real faces it did not train on ({report.reference})")
+    real = (f"{len(report.real_distances)} held-out real faces (never trained on)" if report.reference == "held-out"
+            else f"{len(report.real_distances)} real faces, each against all the others (leave-one-out)")
+    ax.hist(report.real_distances.numpy(), bins, density=True, alpha=0.55, color="tab:blue", label=real)
     ax.hist(report.fake_distances.numpy(), bins, density=True, alpha=0.55, color="tab:orange",
             label=f"{len(report.fake_distances)} generated faces")
     ax.axvline(report.threshold, color="k", ls="--", lw=1, label="near-duplicate distance (1% of real faces)")
