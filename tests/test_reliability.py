@@ -458,3 +458,22 @@ def test_a_second_writer_is_refused_in_one_line_and_a_kill_9_leaves_no_stale_loc
     resumed = _cli(tmp_path, "--resume", "--epochs", "0", "--max-steps", str(step + 3))
     output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0 and "resumed from" in output and f"done: step {step + 3}" in output, output
+
+
+def test_evaluation_time_counts_neither_against_the_budget_nor_in_the_speed(capsys):
+    """FID and grids run on a clock of their own: the budget, images/s and the progress bar see training alone."""
+    from types import SimpleNamespace
+
+    from facegan.clock import RunClock
+
+    cfg = config.make_config("small32", max_minutes=0.005)  # a 0.3 s budget
+    clock = RunClock(cfg, 0.0, torch.device("cpu"), evaluated_seconds=2.0)
+    state = SimpleNamespace(config=cfg, step=3, total_steps=100)
+    bar = train._Progress(state, clock, enabled=True)
+    with clock.evaluating():
+        time.sleep(0.5)  # longer than the whole budget
+    assert clock.eval_seconds() >= 2.5 and clock.elapsed() < 0.3 and not clock.out_of_time()
+    bar.show({"d_loss": 1.0, "d_real": 0.5, "d_fake": 0.5}, 100.0)
+    assert bar.bar.format_dict["elapsed"] < 0.3  # the bar's rate and ETA are over training time
+    assert clock.evaluate(lambda x: x + 1, 1) == 2 and clock.eval_seconds() >= 2.5
+    bar.bar.close()

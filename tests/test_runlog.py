@@ -178,6 +178,7 @@ def test_a_resume_shows_the_configuration_now_and_records_each_change_at_its_ste
     import json
 
     from facegan import record, train
+    from facegan.device import pick_device
 
     cfg = config.make_config("small32", batch_size=16, subset=64, epochs=2, log_every=1, amp=False)
     train.train(cfg, tmp_path, progress=False)
@@ -202,7 +203,7 @@ def test_a_resume_shows_the_configuration_now_and_records_each_change_at_its_ste
     for s in kept["sessions"]:
         assert set(s) >= {"command", "git", "python", "torch", "cpu", "threads", "device", "precision"}
         assert s["git"] == "not a git checkout" or len(s["git"].split()[0]) == 40
-        assert s["device"] == "cpu" and s["precision"].startswith("fp32") and s["threads"] >= 1
+        assert s["device"].startswith(pick_device().type) and s["precision"].startswith("fp32") and s["threads"] >= 1
 
 
 @pytest.mark.slow
