@@ -13,6 +13,9 @@ import torch.nn as nn
 
 from .report import CheckFailed, _fail, _passed
 
+#: Which rule an optimiser's setting follows: D's (rule O1) or G's (rule O2).
+_RULE = {"d_optimizer": "O1", "g_optimizer": "O2"}
+
 
 def test_optimizers(d_optimizer, g_optimizer, D: nn.Module, G: nn.Module, lr: float | None = None,
                     betas: tuple | None = None, *, lr_d: float | None = None, lr_g: float | None = None,
@@ -36,10 +39,11 @@ def test_optimizers(d_optimizer, g_optimizer, D: nn.Module, G: nn.Module, lr: fl
         told = want_lr is not None and betas is not None
         want = f"lr={want_lr}, betas={tuple(betas)}" if told else "lr=2e-4, betas=(0.5, 0.999)"
         recipe = f"lr={source[key]}, betas={source['betas']}" if cfg is not None else want
-        _check_parameters(name, opt, net, var, other, other_name, recipe)
+        check_parameters(name, opt, net, var, other, other_name, recipe)
         if not isinstance(opt, torch.optim.Adam):
             _fail(name, "torch.optim.Adam", type(opt).__name__,
-                  f"DCGAN trains both networks with Adam: torch.optim.Adam({var}.parameters(), {recipe})")
+                  f"DCGAN trains both networks with Adam: torch.optim.Adam({var}.parameters(), {recipe})",
+                  rule=_RULE[name])
         group = opt.param_groups[0]
         got_betas = tuple(group["betas"])
         if got_betas == (0.9, 0.999) and (betas is None or tuple(betas) != got_betas):
@@ -47,7 +51,7 @@ def test_optimizers(d_optimizer, g_optimizer, D: nn.Module, G: nn.Module, lr: fl
                   + (f", i.e. {source['betas']}" if cfg is not None else ""), f"{got_betas}, Adam's defaults",
                   f"pass betas={source['betas']} explicitly: cfg.beta1 (0.5 for the "
                   "DCGAN presets, 0.0 for the WGAN-GP and hinge ones) is lower than Adam's 0.9, since less "
-                  "momentum keeps the two-player game from oscillating")
+                  "momentum keeps the two-player game from oscillating", rule=_RULE[name])
         if want_lr is not None and not math.isclose(group["lr"], want_lr):
             theirs_lr = lr_g if var == "D" else lr_d
             mixed = theirs_lr is not None and not math.isclose(want_lr, theirs_lr) and \
@@ -58,17 +62,17 @@ def test_optimizers(d_optimizer, g_optimizer, D: nn.Module, G: nn.Module, lr: fl
                   f"{name} has {other_name}'s learning rate: this recipe gives each network its own "
                   f"({source['lr_d']} for D, {source['lr_g']} for G; e.g. hinge_sn64 trains D 4x faster than G), "
                   f"so use torch.optim.Adam({var}.parameters(), {recipe})" if mixed else
-                  f"use {recipe}: the values the training below uses")
+                  f"use {recipe}: the values the training below uses", rule=_RULE[name])
         if betas is not None and not all(math.isclose(a, b) for a, b in zip(got_betas, betas, strict=True)):
             _fail(f"{name} settings", want, f"lr={group['lr']}, betas={got_betas}",
-                  f"use {recipe}: the values the training below uses")
+                  f"use {recipe}: the values the training below uses", rule=_RULE[name])
         if not 1e-5 <= group["lr"] <= 1e-2:
             _fail(f"{name} learning rate", "between 1e-5 and 1e-2 (DCGAN uses 2e-4)", str(group["lr"]),
-                  "GANs are unstable with large learning rates")
+                  "GANs are unstable with large learning rates", rule=_RULE[name])
     _passed("one Adam optimiser for each network")
 
 
-def _check_parameters(name: str, opt, net: nn.Module, var: str, other: nn.Module, other_name: str,
+def check_parameters(name: str, opt, net: nn.Module, var: str, other: nn.Module, other_name: str,
                       recipe: str) -> None:
     """``opt`` (called ``name``) is an optimiser over all the parameters of ``net`` (called ``var``), none of
     ``other``'s, and of this ``net``, not of one built before it."""
@@ -80,17 +84,17 @@ def _check_parameters(name: str, opt, net: nn.Module, var: str, other: nn.Module
         {id(p) for p in other.parameters()}
     if ids == theirs:
         _fail(name, f"{var}'s parameters", f"{other_name}'s parameters",
-              f"the two optimisers are swapped: {name} must be built from {var}.parameters()")
+              f"the two optimisers are swapped: {name} must be built from {var}.parameters()", rule="O3")
     if ids & theirs:
         _fail(name, f"only {var}'s parameters", f"also {len(ids & theirs)} of {other_name}'s",
-              "give each network its own optimiser: one over D.parameters(), one over G.parameters()")
+              "give each network its own optimiser: one over D.parameters(), one over G.parameters()", rule="O3")
     if ids != mine:
         shapes = sorted(tuple(p.shape) for p in params) == sorted(tuple(p.shape) for p in net.parameters())
         if shapes and not ids & mine:
             _fail(name, f"the parameters of the current {var}",
                   f"the parameters of an older {var} (same shapes, other tensors)",
                   f"{var} was re-created after {name} was made, so {name} updates the old copy: run the "
-                  f"optimiser cell again after building {var}")
+                  f"optimiser cell again after building {var}", rule=_RULE[name])
         _fail(name, f"all {sum(1 for _ in net.parameters())} parameter tensors of {var}",
               f"{len(ids)} tensors, {len(ids & mine)} of them {var}'s",
-              f"pass every parameter of the network: torch.optim.Adam({var}.parameters(), ...)")
+              f"pass every parameter of the network: torch.optim.Adam({var}.parameters(), ...)", rule=_RULE[name])

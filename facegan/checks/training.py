@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .report import _call, _fail, _passed
+from .steps import compare_records, record_step
 
 
 def _bce(out: torch.Tensor, label: float) -> torch.Tensor:
@@ -64,6 +65,11 @@ def _reference_d_step(start, real, z, variant: str, stale: list[torch.Tensor], s
     return _params(D), loss.item()
 
 
+#: The rule each planted mistake breaks (its update is matched exactly, so naming it is an observation).
+MISTAKE_RULES = {"no_zero_grad": "SD4", "swapped": "SD2", "real_only": "SD2", "concat": "SD1", "fake_only": "SD2",
+                 "always_smooth": "SD6"}
+G_MISTAKE_RULES = {"no_zero_grad": "ST2", "fake_loss": "SG1", "saturating": "SG4", "smoothed": "SG4"}
+
 D_STEP_MISTAKES = {
     "no_zero_grad": "d_optimizer.zero_grad() is missing: gradients left from the previous step are added to this "
                     "one's. Call d_optimizer.zero_grad() first",
@@ -88,16 +94,16 @@ LEFT_BEHIND = {
 }
 
 
-def _check_left_as_found(D: nn.Module, G: nn.Module, modes: tuple[bool, bool], step: str) -> None:
+def check_left_as_found(D: nn.Module, G: nn.Module, modes: tuple[bool, bool], step: str) -> None:
     """The step leaves both networks trainable and in the mode it found them in."""
     for net, name, was_training in ((D, "D", modes[0]), (G, "G", modes[1])):
         frozen = [p for p in net.parameters() if not p.requires_grad]
         if frozen:
             _fail(f"{name} after the {step}", f"all of {name}'s parameters trainable (requires_grad=True)",
-                  f"{len(frozen)} frozen", LEFT_BEHIND["frozen"].format(net=name, step=step))
+                  f"{len(frozen)} frozen", LEFT_BEHIND["frozen"].format(net=name, step=step), rule="ST1")
         if was_training and not net.training:
             _fail(f"{name} after the {step}", "training mode, as the step found it", "eval mode",
-                  LEFT_BEHIND["eval"].format(net=name, step=step))
+                  LEFT_BEHIND["eval"].format(net=name, step=step), rule="ST1")
 
 
 def _replay(step: Callable, start, args: tuple, stale: list[torch.Tensor], seed: int, which: int, **kwargs):
@@ -108,24 +114,38 @@ def _replay(step: Callable, start, args: tuple, stale: list[torch.Tensor], seed:
         p.grad = s.clone()
     torch.manual_seed(seed)
     _call(f"the step{' with smooth=True' if kwargs else ''}", step, D, G, opt, *args, **kwargs,
-          _hints={"unexpected keyword argument 'smooth'": "keep the stub's smooth=False argument: the training loop "
-                                                           "passes smooth=True for the presets that smooth labels"})
+          _hints={"unexpected keyword argument 'smooth'": (
+              "keep the stub's smooth=False argument: the training loop passes smooth=True for the presets that "
+              "smooth labels", "SD6")})
     return _params((D, G)[which])
 
 
-def _check_repeatable(step: Callable, start, args: tuple, stale, after: torch.Tensor, before: torch.Tensor,
+def check_repeatable(step: Callable, start, args: tuple, stale, after: torch.Tensor, before: torch.Tensor,
                       which: int, name: str) -> None:
     """The same models and inputs under another random seed give the same update: the step uses the z it is given."""
     again = _replay(step, start, args, stale, 999, which)
     if not _same_update(before, again, after):
         _fail(f"the {name} step run twice on the same models and z", "the same update", "two different updates",
               "the step draws its own random numbers (a new torch.randn for z, say): use the z you are given, so "
-              "that the training loop decides what G draws")
+              "that the training loop decides what G draws", rule="SD8" if which == 0 else "SG5")
+
+
+def _loss_number(loss, step: str, rule: str) -> float:
+    """The returned loss as a float: a finite number, or a failure naming the step's return rule."""
+    if loss is None:
+        _fail(f"the {step}'s return value", f"{step[0]}'s loss", "None",
+              f"end the function with return {step[0].lower()}_loss", rule=rule)
+    value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
+    if not math.isfinite(value):
+        _fail(f"the {step}'s loss", "a finite number", str(value), "check the loss inputs for NaN", rule=rule)
+    return value
 
 
 def test_discriminator_step(d_step: Callable, D: nn.Module, G: nn.Module, d_optimizer: torch.optim.Optimizer,
                             real_images: torch.Tensor, z: torch.Tensor) -> None:
-    """``d_step(D, G, d_optimizer, real_images, z)`` makes the reference D update, leaves G alone, returns D's loss."""
+    """``d_step(D, G, d_optimizer, real_images, z)`` clears old gradients, scores the real batch and the detached
+    fakes in two calls to D, backpropagates and steps d_optimizer, so that its update is the reference update;
+    it leaves G alone and returns D's loss."""
     start = copy.deepcopy((D, G, d_optimizer))
     stale = _stale_grads(D)
     for p, s in zip(D.parameters(), stale, strict=True):
@@ -135,43 +155,51 @@ def test_discriminator_step(d_step: Callable, D: nn.Module, G: nn.Module, d_opti
     d_before, g_before, modes = _params(D), _params(G), (D.training, G.training)
     torch.manual_seed(1234)
     loss = _call("the discriminator step", d_step, D, G, d_optimizer, real_images, z)
-    _check_left_as_found(D, G, modes, "D step")
-    if loss is None:
-        _fail("the D step's return value", "D's loss", "None", "end the function with return d_loss")
-    value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
-    if not math.isfinite(value):
-        _fail("discriminator loss", "a finite number", str(value), "check the loss inputs for NaN")
+    check_left_as_found(D, G, modes, "D step")
+    value = _loss_number(loss, "D step", "SD7")
+    compare_records(record_step(d_step, start, (real_images, z), stale, 0, "the discriminator step"), 0)
     if any(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters()):
         _fail("generator gradients after the D step", "none", "gradients in G",
-              "use fake_images = G(z).detach() in the D step, so D's loss does not backpropagate into G")
+              "use fake_images = G(z).detach() in the D step, so D's loss does not backpropagate into G", rule="SD5")
     if not torch.equal(g_before, _params(G)):
-        _fail("G's parameters", "unchanged by the D step", "changed", "the D step must only step d_optimizer")
+        _fail("G's parameters", "unchanged by the D step", "changed", "the D step must only step d_optimizer",
+              rule="SD3")
     d_after = _params(D)
-    if torch.equal(d_before, d_after):
-        grads = [p.grad for p in D.parameters()]
-        if all(g is None or torch.equal(g, s) for g, s in zip(grads, stale, strict=True)):
-            cause = "D got no new gradients: call d_loss.backward() on the loss, then d_optimizer.step()"
-        else:
-            cause = ("D got gradients but did not move: call d_optimizer.step() after d_loss.backward(), and build "
-                     "d_optimizer from this D's parameters")
-        _fail("D's parameters", "changed by the step", "unchanged", cause)
-    _check_repeatable(d_step, start, (real_images, z), stale, d_after, d_before, 0, "D")
+    check_repeatable(d_step, start, (real_images, z), stale, d_after, d_before, 0, "D")
     ref_after, ref_loss = _reference_d_step(start, real_images, z, "right", stale)
-    if not _same_update(d_before, d_after, ref_after):
-        for variant, cause in D_STEP_MISTAKES.items():
-            if _same_update(d_before, d_after, _reference_d_step(start, real_images, z, variant, stale)[0]):
-                _fail("D's update", "the reference D step's update", "a different update", cause)
-        _fail("D's update", "the reference D step's update (on copies of the same D, G and batch)",
-              "a different update", "zero_grad, then d_loss = real_loss(D(real_images)) + fake_loss(D(G(z).detach()))"
-              " with the z you are given, then backward() and step()")
-    if not math.isclose(value, ref_loss, rel_tol=1e-3, abs_tol=1e-4):
-        _fail("the D step's return value", f"D's loss, {ref_loss:.4f}", f"{value:.4f}",
-              "return the total loss, real_loss(...) + fake_loss(...), computed before the update")
-    _check_smooth(d_step, start, real_images, z, stale, d_before)
+    check_d_update(start, real_images, z, stale, d_before, d_after, ref_after)
+    check_returned_loss(value, ref_loss, "D step", "return the total loss, real_loss(...) + fake_loss(...), computed "
+                        "before the update", "SD7")
+    check_smooth(d_step, start, real_images, z, stale, d_before)
     _passed("the D step matches the reference update and leaves G alone")
 
 
-def _check_smooth(d_step: Callable, start, real_images: torch.Tensor, z: torch.Tensor, stale, before) -> None:
+def _update_gap(before: torch.Tensor, after: torch.Tensor, ref_after: torch.Tensor) -> str:
+    """How far an update is from the reference's, for a message that names no cause."""
+    ref = (ref_after - before).norm().item()
+    off = (after - ref_after).norm().item()
+    return f"an update {off / max(ref, 1e-12):.0%} of the reference update's size away from it"
+
+
+def check_d_update(start, real_images, z, stale, d_before, d_after, ref_after) -> None:
+    """D's update equals the reference's; if it equals one planted mistake's exactly, that mistake is named."""
+    if _same_update(d_before, d_after, ref_after):
+        return
+    for variant, cause in D_STEP_MISTAKES.items():
+        if _same_update(d_before, d_after, _reference_d_step(start, real_images, z, variant, stale)[0]):
+            _fail("D's update", "the reference D step's update", "exactly the update of this mistake", cause,
+                  rule=MISTAKE_RULES[variant])
+    _fail("D's update", "the reference D step's update (on copies of the same D, G and batch)",
+          _update_gap(d_before, d_after, ref_after), "the calls are in the notebook's order, so the loss differs: "
+          "d_loss = real_loss(D(real_images), smooth) + fake_loss(D(G(z).detach())), the sum of the two", rule="SD2")
+
+
+def check_returned_loss(value: float, ref_loss: float, step: str, hint: str, rule: str) -> None:
+    if not math.isclose(value, ref_loss, rel_tol=1e-3, abs_tol=1e-4):
+        _fail(f"the {step}'s return value", f"{step[0]}'s loss, {ref_loss:.4f}", f"{value:.4f}", hint, rule=rule)
+
+
+def check_smooth(d_step: Callable, start, real_images: torch.Tensor, z: torch.Tensor, stale, before) -> None:
     """With smooth=True the step makes the reference update towards real labels of 0.9."""
     after = _replay(d_step, start, (real_images, z), stale, 1234, 0, smooth=True)
     if _same_update(before, after, _reference_d_step(start, real_images, z, "right", stale, smooth=True)[0]):
@@ -182,7 +210,7 @@ def _check_smooth(d_step: Callable, start, real_images: torch.Tensor, z: torch.T
           "the smooth argument is ignored: pass it on, real_loss(D(real_images), smooth), so that the presets that "
           "smooth (classic32, fast32, dcgan64) train with real labels 0.9" if ignored else
           "smooth=True lowers only the real images' label to 0.9: real_loss(D(real_images), smooth) + "
-          "fake_loss(D(fake_images))")
+          "fake_loss(D(fake_images))", rule="SD6")
 
 
 def _reference_g_step(start, z, variant: str, stale: list[torch.Tensor]):
@@ -216,7 +244,8 @@ G_STEP_MISTAKES = {
 
 def test_generator_step(g_step: Callable, D: nn.Module, G: nn.Module, g_optimizer: torch.optim.Optimizer,
                         z: torch.Tensor) -> None:
-    """``g_step(D, G, g_optimizer, z)`` makes the reference G update (D calling G(z) real), leaving D alone."""
+    """``g_step(D, G, g_optimizer, z)`` clears G's old gradients, scores G(z) with D without detaching, and steps
+    g_optimizer towards D calling the fakes real, so that its update is the reference update; it leaves D alone."""
     start = copy.deepcopy((D, G, g_optimizer))
     stale = _stale_grads(G)
     for p, s in zip(G.parameters(), stale, strict=True):
@@ -226,40 +255,34 @@ def test_generator_step(g_step: Callable, D: nn.Module, G: nn.Module, g_optimize
     d_before, g_before, modes = _params(D), _params(G), (D.training, G.training)
     torch.manual_seed(1234)
     loss = _call("the generator step", g_step, D, G, g_optimizer, z)
-    _check_left_as_found(D, G, modes, "G step")
-    if loss is None:
-        _fail("the G step's return value", "G's loss", "None", "end the function with return g_loss")
-    value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
-    if not math.isfinite(value):
-        _fail("generator loss", "a finite number", str(value), "check the loss inputs for NaN")
+    check_left_as_found(D, G, modes, "G step")
+    value = _loss_number(loss, "G step", "SG3")
+    compare_records(record_step(g_step, start, (z,), stale, 1, "the generator step"), 1)
     if not torch.equal(d_before, _params(D)):
         _fail("D's parameters", "unchanged by the G step", "changed",
-              "step only g_optimizer in the G step; D is updated in its own step")
+              "step only g_optimizer in the G step; D is updated in its own step", rule="SG1")
     g_after = _params(G)
-    d_grads = any(p.grad is not None and p.grad.abs().sum() > 0 for p in D.parameters())
-    g_new = [p.grad for p in G.parameters()]
-    no_new_g = all(g is None or torch.equal(g, s) or not g.abs().sum() for g, s in zip(g_new, stale, strict=True))
-    if no_new_g and d_grads:
-        _fail("G's gradients", "gradients from G's loss", "none, although D got some",
-              "the fakes are detached (or made under torch.no_grad()) in the G step, so no gradient reaches G: "
-              "detach only in the D step; here use g_loss = real_loss(D(G(z)))")
     if torch.equal(g_before, g_after):
-        cause = ("G got no gradients: call g_loss.backward(), then g_optimizer.step()" if no_new_g else
-                 "G got gradients but did not move: call g_optimizer.step() after backward(), and build g_optimizer "
-                 "from this G's parameters")
-        _fail("G's parameters", "changed by the step", "unchanged", cause)
-    _check_repeatable(g_step, start, (z,), stale, g_after, g_before, 1, "G")
+        _fail("G's parameters", "changed by the step", "unchanged", "G got gradients but did not move: call "
+              "g_optimizer.step() after backward()", rule="SG1")
+    check_repeatable(g_step, start, (z,), stale, g_after, g_before, 1, "G")
     ref_after, ref_loss = _reference_g_step(start, z, "right", stale)
-    if not _same_update(g_before, g_after, ref_after):
-        for variant, cause in G_STEP_MISTAKES.items():
-            if _same_update(g_before, g_after, _reference_g_step(start, z, variant, stale)[0]):
-                _fail("G's update", "the reference G step's update", "a different update", cause)
-        _fail("G's update", "the reference G step's update (on copies of the same D, G and z)", "a different update",
-              "zero_grad, then g_loss = real_loss(D(G(z))) with the z you are given, then backward() and step()")
-    if not math.isclose(value, ref_loss, rel_tol=1e-3, abs_tol=1e-4):
-        _fail("the G step's return value", f"G's loss, {ref_loss:.4f}", f"{value:.4f}",
-              "return g_loss, computed before the update")
+    check_g_update(start, z, stale, g_before, g_after, ref_after)
+    check_returned_loss(value, ref_loss, "G step", "return g_loss, computed before the update", "SG3")
     _passed("the G step matches the reference update and leaves D alone")
+
+
+def check_g_update(start, z, stale, g_before, g_after, ref_after) -> None:
+    """G's update equals the reference's; if it equals one planted mistake's exactly, that mistake is named."""
+    if _same_update(g_before, g_after, ref_after):
+        return
+    for variant, cause in G_STEP_MISTAKES.items():
+        if _same_update(g_before, g_after, _reference_g_step(start, z, variant, stale)[0]):
+            _fail("G's update", "the reference G step's update", "exactly the update of this mistake", cause,
+                  rule=G_MISTAKE_RULES[variant])
+    _fail("G's update", "the reference G step's update (on copies of the same D, G and z)",
+          _update_gap(g_before, g_after, ref_after), "the calls are in the notebook's order, so the loss differs: "
+          "g_loss = real_loss(D(G(z))), G wanting its fakes called real", rule="SG1")
 
 
 # The notebook's training loop
