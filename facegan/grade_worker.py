@@ -1,15 +1,21 @@
-"""One submission, graded inside its own subprocess: ``python -m facegan.grade_worker submission.ipynb``.
+"""One submission, graded inside its own subprocess: ``python -m facegan.grade_worker`` in its scratch folder.
 
-``python helpers.py grade`` (facegan/grade.py) starts this in the submission's scratch folder, under the limits
-of facegan/sandbox.py.  It finds the learner's cell for each part of the exercise (by nbgrader's grade id, else
-by the names the cell defines), runs it, then runs that part's checks from the solution notebook; then it trains
-the learner's own D and G with the learner's own steps for a fixed number of steps and saves their faces.
-``result.json`` in the scratch folder is rewritten after every part, so a submission that hangs or is killed
-still leaves what it had earned.
+``python helpers.py grade`` (facegan/grade.py) starts this in the submission's scratch folder, in the jail of
+facegan/jail.py, and sends its settings as one JSON line on stdin (so no other submission's path is ever on its
+command line or in its environment).  Before any learner code runs, the worker reads its own copy of the
+notebook, fences itself in (facegan/sandbox.py: Landlock, then the audit hook), and from then on it finds the
+learner's cell for each part (by nbgrader's grade id, else by the names the cell defines), runs it, then runs
+that part's checks; then it trains the learner's own D and G with the learner's own steps for a fixed number of
+steps and saves their faces.
+
+It reports as it goes, one JSON record a line, on a pipe the grader opened before this process started
+(``result_fd``): ``start`` and ``part`` (passed or not, and why) for each part, ``training``, ``done``.  It never
+writes points, a gradebook or a report: the grader (the parent) checks every record against a schema, computes
+the points from the part's maximum, and writes the gradebook itself.  A record the learner's code forges on the
+same pipe can at most claim that a part passed (see the table in docs/teaching.md).
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import contextlib
 import importlib
@@ -18,18 +24,16 @@ import json
 import os
 import re
 import signal
+import sys
 import time
+import traceback
 from pathlib import Path
 
-RESULT, FACES = "result.json", "faces.png"
+FACES = "faces.png"
 
 
 class PartTimeout(Exception):
     """A part's cell or checks ran past their time."""
-
-
-def _write(result: dict) -> None:
-    Path(RESULT).write_text(json.dumps(result, indent=1))
 
 
 def _code(source: str) -> str:
@@ -95,6 +99,8 @@ def _reason(e: BaseException, where: str) -> str:
 
     if isinstance(e, CheckFailed):
         return str(e)
+    if isinstance(e, SystemExit):
+        return f"{where} called sys.exit({e.code!r}): a graded cell must not end the program"
     if isinstance(e, NotImplementedError):
         return f"{where}: not written yet (raise NotImplementedError)"
     if isinstance(e, MemoryError) or "can't allocate memory" in str(e) or "not enough memory" in str(e):
@@ -208,61 +214,130 @@ def _save_through_open(torch) -> None:
     torch.save = save_through_open
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("notebook")
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--part-seconds", type=int, default=60)
-    args = parser.parse_args(argv)
-    result = {"status": "started", "parts": {}, "training": None}
-    _write(result)
+def readable_paths() -> list[str]:
+    """What the learner's process may read under Landlock: the Python install, the project's package (not its
+    notebooks, runs or anything else in the project folder), the data, and the few system files Python and torch
+    read.  Its own /proc entry, not its parent's (whose command line and environment are the instructor's)."""
+    from facegan.config import PROJECT_ROOT
+    from facegan.data import DATA_DIR, cache_dir
+
+    root = os.path.realpath(PROJECT_ROOT)
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    for entry in sys.path:  # site-packages and the like; never the project folder itself, which holds more
+        real = os.path.realpath(entry) if entry else root
+        if real != root and not root.startswith(real + os.sep) and os.path.isdir(real):
+            paths.add(real)
+    paths |= {"/usr", "/lib", "/lib64", "/lib32", "/bin", "/etc/ld.so.cache", "/etc/localtime", "/etc/fonts",
+              "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", f"/proc/{os.getpid()}", "/proc/cpuinfo",
+              "/proc/meminfo", "/proc/stat", "/proc/sys", "/sys/devices/system/cpu", "/sys/fs/cgroup",
+              "/dev/urandom", "/dev/random", "/dev/zero"}
+    paths |= {os.path.join(root, "facegan"), os.path.join(root, "helpers.py"),
+              os.path.join(root, "problem_unittests.py"), str(DATA_DIR), str(cache_dir())}
+    if os.environ.get("CELEBA_ZIP"):  # the loader checks the folder was extracted from this archive
+        paths.add(os.environ["CELEBA_ZIP"])
+    return sorted(paths)
+
+
+def fence(hidden: list[str]) -> int:
+    """Fence this process in before any learner code runs; return the Landlock ABI enforced (0: none)."""
+    from facegan import landlock
+    from facegan.sandbox import confine
+
+    try:
+        version = landlock.restrict(readable_paths(), [os.getcwd(), "/dev/null"])
+    except OSError as e:
+        print(f"grading: Landlock could not be applied ({e}); the audit hook alone fences this submission",
+              file=sys.stderr)
+        version = 0
+    confine(Path.cwd(), hidden=tuple(hidden))
+    return version
+
+
+class Reporter:
+    """Sends one JSON record a line to the grader on the pipe it opened (``fd``)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def send(self, kind: str, **record) -> None:
+        try:
+            os.write(self.fd, (json.dumps({"kind": kind, **record}) + "\n").encode())
+        except OSError:
+            pass  # the learner closed the pipe: the grader reads that as a crash
+
+
+def _namespace(cfg, images) -> dict:
+    """What the notebook's locked import cell gives every learner cell, so a cell that works in Jupyter works here.
+    The learner's cells use the notebook's two front doors by name, as the notebook imports them."""
+    import math
+
+    import matplotlib
+    import numpy as np
+    import torch
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return {"__name__": "__main__", "torch": torch, "nn": torch.nn, "F": torch.nn.functional, "np": np,
+            "math": math, "time": time, "plt": plt, "helpers": importlib.import_module("helpers"),
+            "tests": importlib.import_module("problem_unittests"),
+            "cfg": cfg, "images": images, "device": torch.device("cpu")}
+
+
+def _read_notebook(path: str):
+    """The learner's notebook, or the reason it cannot be read."""
     import nbformat
+
+    try:
+        return nbformat.read(path, as_version=4), ""
+    except Exception as e:  # noqa: BLE001 - not JSON, not a notebook: the reason is the grade
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return None, f"not a readable notebook: {type(e).__name__}: {first}"[:300]
+
+
+def grade(settings: dict, report: Reporter) -> None:
+    """Grade ``submission.ipynb`` in the current folder, sending every result to ``report``."""
     import torch
 
     from facegan.batches import training_batches
     from facegan.classroom import exercise_parts
     from facegan.config import make_config
-    from facegan.sandbox import confine_writes
 
-    try:
-        nb = nbformat.read(args.notebook, as_version=4)
-    except Exception as e:  # noqa: BLE001 - not JSON, not a notebook: the reason is the grade
-        result.update(status="unreadable", message=f"not a readable notebook: {type(e).__name__}: "
-                                                   f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300])
-        _write(result)
-        return 0
-    parts, cfg = exercise_parts(), make_config("small32", subset=args.steps * 64 + 64)
+    nb, why = _read_notebook("submission.ipynb")
+    if nb is None:
+        report.send("unreadable", message=why)
+        return
+    steps, seconds = int(settings["steps"]), int(settings["part_seconds"])
+    parts, cfg = exercise_parts(), make_config("small32", subset=steps * 64 + 64)
     cells = learner_cells(nb, parts)
     images = next(iter(training_batches(cfg, "cpu").epoch(0)))[:16].contiguous()
-    # The learner's cells use the notebook's two front doors by name, as the notebook imports them: they are the
-    # learner's namespace, not a dependency of this package (which never imports them itself).
-    import math
-
-    import matplotlib
-    import numpy as np
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    # What the notebook's locked import cell gives every learner cell, so a cell that works in Jupyter works here.
-    ns = {"__name__": "__main__", "torch": torch, "nn": torch.nn, "F": torch.nn.functional, "np": np, "math": math,
-          "time": time, "plt": plt, "helpers": importlib.import_module("helpers"),
-          "tests": importlib.import_module("problem_unittests"),
-          "cfg": cfg, "images": images, "device": torch.device("cpu")}
+    ns = _namespace(cfg, images)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file over the size cap: an OSError in the cell, not a kill
     _save_through_open(torch)
-    confine_writes(Path.cwd())
-    result["status"] = "grading"
+    report.send("fence", landlock=fence(settings.get("hidden", [])))
     for part in parts:
-        result["parts"][part.id] = {"passed": False, "points": 0, "max_points": part.points, "message": "running"}
-        _write(result)
-        result["parts"][part.id] = grade_part(ns, part, cells.get(part.id), cfg, args.part_seconds)
-        _write(result)
-    result["training"] = train_learner(ns, cfg, args.steps, args.part_seconds * 2)
-    result["status"] = "graded"
-    _write(result)
-    return 0
+        report.send("start", part=part.id)
+        got = grade_part(ns, part, cells.get(part.id), cfg, seconds)
+        report.send("part", part=part.id, passed=got["passed"], message=got["message"])
+    report.send("training", **train_learner(ns, cfg, steps, seconds * 2))
+
+
+def main() -> None:
+    """Read the settings line, grade, report ``done`` and leave at once: threads the learner left running do not
+    keep the process (or the grader) waiting."""
+    settings = json.loads(sys.stdin.readline())
+    sys.stdin = open(os.devnull)  # noqa: SIM115 - nothing more comes on stdin
+    report = Reporter(int(settings["result_fd"]))
+    try:
+        grade(settings, report)
+        report.send("done")
+    except BaseException:  # a fault of the grader itself: its traceback goes to the log, the row says "crashed"
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -1,15 +1,19 @@
-"""The fence around a learner's code while ``python helpers.py grade`` runs it.
+"""The fence around a learner's code while ``python helpers.py grade`` runs it, inside the grading subprocess.
 
-Two layers, both in the grading subprocess: resource limits set before it starts (``limit_resources``:
-address space, file size, no core dumps) and, once its own imports are done, an audit hook
-(``confine_writes``) that refuses writing, creating, deleting, renaming or changing files outside the
-submission's scratch folder, and starting other programs.  The parent adds a wall-clock limit and kills the
-subprocess's whole process group when it runs over.
+Three layers, from the strongest:
 
-This stops the accidents a class produces (an infinite loop, a huge tensor, a cell that cleans up with
-``shutil.rmtree`` or saves into the project) but it is no security boundary: code that calls C directly
-(ctypes, a compiled extension) goes around the hook, and reading files or opening sockets is not stopped.
-For untrusted classes run the grader in a container (docs/teaching.md).
+- **Landlock** (facegan/landlock.py), where the kernel has it: once the worker's own imports are done, the
+  process may read only the Python install, the project's package and the data, write only in its scratch
+  folder (by any route: ``dir_fd``, ``mkfifo``, sqlite, torch's C++ writers, ctypes), execute nothing, open
+  no TCP connection and signal no process outside itself.
+- **Resource limits** set before it starts (``limit_resources``): address space, file size, no core dumps,
+  and a process count where the cgroups of facegan/jail.py are not available.
+- An **audit hook** (``confine``), the second line where Landlock is missing: it refuses writing, creating,
+  deleting, renaming or linking a path outside the scratch folder (``dir_fd`` resolved), reading the
+  submissions and the grader's own folder, sqlite outside, ctypes, and starting programs.  It sees only what
+  Python reports: C code (a compiled extension, torch's writers) goes around it.
+
+What each layer stops, and what stays trusted, is the table in docs/teaching.md.
 """
 from __future__ import annotations
 
@@ -18,12 +22,14 @@ import resource
 import sys
 from pathlib import Path
 
-#: Audit events that change one path (the first argument) -> what the refusal calls it.
+#: Audit events that change one path (args: path, ..., dir_fd last) -> what the refusal calls it.
 _PATH_EVENTS = {"os.remove": "deleting", "os.rmdir": "deleting", "shutil.rmtree": "deleting", "os.mkdir": "creating",
                 "os.chmod": "changing", "os.chown": "changing", "os.truncate": "truncating", "os.utime": "touching",
-                "os.chflags": "changing"}
-#: Audit events that start another program.
-_SPAWN_EVENTS = ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "pty.spawn", "os.startfile")
+                "os.chflags": "changing", "sqlite3.connect": "opening a database at"}
+#: Audit events that start another program, or call C directly.  (Forks are left to the cgroup's pids.max:
+#: a forked process stays in the same fence.)
+_REFUSED_EVENTS = ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "pty.spawn",
+                   "os.startfile", "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
@@ -31,8 +37,9 @@ class Refused(PermissionError):
     """The learner's code tried something the grader does not allow."""
 
 
-def limit_resources(memory_gb: float, file_mb: int = 256) -> None:
-    """Cap this process (and its children): ``memory_gb`` of address space, files of ``file_mb``, no core files.
+def limit_resources(memory_gb: float, file_mb: int = 256, processes: int | None = None) -> None:
+    """Cap this process (and its children): ``memory_gb`` of address space each, files of ``file_mb``, no core
+    files and, when given, ``processes`` processes and threads for this user (where no cgroup counts them).
 
     Meant as a ``preexec_fn``: a huge allocation then fails with MemoryError (or torch's "can't allocate memory")
     inside the learner's cell instead of taking the machine down."""
@@ -40,36 +47,55 @@ def limit_resources(memory_gb: float, file_mb: int = 256) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     resource.setrlimit(resource.RLIMIT_FSIZE, (file_mb * 2**20, file_mb * 2**20))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if processes is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
 
 
-def _inside(path, roots: tuple[str, ...]) -> bool:
-    if isinstance(path, int):  # a file descriptor, opened before
-        return True
-    real = os.path.realpath(os.fsdecode(path))
-    return any(real == root or real.startswith(root + os.sep) for root in roots)
+def _real(path, dir_fd: int | None = None) -> str:
+    path = os.fsdecode(path)
+    if dir_fd is not None and dir_fd >= 0 and not os.path.isabs(path):
+        path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
+    return os.path.realpath(path)
 
 
-def confine_writes(root: str | Path, also: tuple[str, ...] = ("/dev/null",)) -> None:
-    """From now on, refuse (``Refused``) any write, creation, deletion or change of a path outside ``root`` (and
-    ``also``), and any new program.  Reading stays allowed: the checks read the data set and the project."""
+def _under(real: str, roots: tuple[str, ...]) -> bool:
+    return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+
+
+def confine(root: str | Path, hidden: tuple[str, ...] = (), also: tuple[str, ...] = ("/dev/null",)) -> None:
+    """From now on refuse (``Refused``): any write, creation, deletion or change of a path outside ``root`` (and
+    ``also``); reading under ``hidden`` (other submissions, the grader's folder) except inside ``root``; sqlite
+    outside ``root``; ctypes; and any new program.  Reading the rest stays allowed."""
     roots = (os.path.realpath(root), *also)
+    hidden = tuple(os.path.realpath(h) for h in hidden)
+
+    def outside(path, dir_fd=None) -> bool:
+        return not isinstance(path, int) and not _under(_real(path, dir_fd), roots)
 
     def hook(event: str, args: tuple) -> None:
         if event == "open":
             path, mode, flags = args
+            if path is None or isinstance(path, int):
+                return
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or bool((flags or 0) & _WRITE_FLAGS)
-            if path is not None and writing and not _inside(path, roots):
+            real = _real(path)
+            if writing and not _under(real, roots):
                 raise Refused(f"grading: writing {os.fsdecode(path)!r} is refused: outside the submission's folder")
-        elif event in _PATH_EVENTS and args and args[0] is not None and not _inside(args[0], roots):
-            if event == "os.mkdir" and os.path.isdir(os.fsdecode(args[0])):
-                return  # mkdir(exist_ok=True) of a folder that is there changes nothing
-            raise Refused(f"grading: {_PATH_EVENTS[event]} {os.fsdecode(args[0])!r} is refused: outside the "
-                          "submission's folder")
-        elif event in ("os.symlink", "os.link") and not _inside(args[1], roots):  # (target, new link, ...)
+            if _under(real, hidden) and not _under(real, roots):
+                raise Refused(f"grading: reading {os.fsdecode(path)!r} is refused: another submission or the "
+                              "grader's files")
+        elif event in _PATH_EVENTS and args and args[0] is not None:
+            dir_fd = args[-1] if len(args) > 1 and isinstance(args[-1], int) else None
+            if outside(args[0], dir_fd):
+                if event == "os.mkdir" and os.path.isdir(_real(args[0], dir_fd)):
+                    return  # mkdir(exist_ok=True) of a folder that is there changes nothing
+                raise Refused(f"grading: {_PATH_EVENTS[event]} {os.fsdecode(args[0])!r} is refused: outside the "
+                              "submission's folder")
+        elif event in ("os.symlink", "os.link") and outside(args[1], args[-1] if event == "os.symlink" else args[3]):
             raise Refused(f"grading: linking {os.fsdecode(args[1])!r} is refused: outside the submission's folder")
-        elif event == "os.rename" and not (_inside(args[0], roots) and _inside(args[1], roots)):
+        elif event == "os.rename" and (outside(args[0], args[2]) or outside(args[1], args[3])):
             raise Refused(f"grading: renaming {os.fsdecode(args[0])!r} is refused: outside the submission's folder")
-        elif event in _SPAWN_EVENTS:
-            raise Refused(f"grading: starting another program ({event}) is refused")
+        elif event.startswith(_REFUSED_EVENTS):
+            raise Refused(f"grading: {event} is refused (no other programs or C calls while grading)")
 
     sys.addaudithook(hook)
