@@ -108,25 +108,37 @@ def train_runs(names: list[str], steps: int, parallel: int, out: Path, subset: i
     print(f"{time.strftime('%H:%M:%S')} all runs done", flush=True)
 
 
-def score_runs(names: list[str], n: int, out: Path, raw: bool = False, study: str = "stabilisers") -> None:
-    """FID-n and KID of each finished run's (EMA) generator, and its held-out D scores: a table."""
+def score_runs(names: list[str], n: int, out: Path, raw: bool = False, study: str = "stabilisers",
+               step: int = 0) -> None:
+    """FID-n, KID, precision, recall, density and coverage of each finished run's (EMA) generator, and its
+    held-out D scores: a table.  ``step``: score the generator the run kept at that step (--keep-generators)
+    instead of its last checkpoint, so that runs stopped at different steps compare at equal ones."""
     from facegan.checkpoint import load_generator, read_checkpoint
     from facegan.evaluation import evaluate_generator, inception_extractor
 
     extractor = inception_extractor()
-    print(f"| run | steps | images | FID-{n}@64 | KID | D(x) train / held-out (last) | what it tries |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| run | steps | images | FID-{n}@64 | KID | precision | recall | density | coverage | "
+          "D(x) train / held-out (last) | what it tries |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         path = out / name / "checkpoint.pt"
         if not path.is_file():
             continue
         ckpt = read_checkpoint(path)
         cfg, h = ckpt["config"], ckpt["history"]
-        G, _ = load_generator(path, ema=not raw)
+        kept = out / name / "generators" / f"step_{step:07d}.pt"
+        if step and not kept.is_file():
+            print(f"| `{name}` | no generator kept at step {step:,} |", flush=True)
+            continue
+        G, _ = load_generator(kept if step else path, ema=not raw)
+        ckpt["step"] = step or ckpt["step"]
         result = evaluate_generator(G, cfg, n, extractor=extractor)
         held = (f"{h['d_real_fixed'][-1]:.2f} / {h['d_holdout'][-1]:.2f}" if h.get("d_holdout") else "")
         print(f"| `{name}` | {ckpt['step']:,} | {ckpt['step'] * cfg.batch_size / 1e6:.2f} M | {result['fid']:.1f} | "
-              f"{result['kid']:.4f} | {held} | {STUDIES[study][1][name][0]} |", flush=True)
+              f"{result['kid']:.4f} | "
+              + " | ".join(f"{result[k]:.3f}" if k in result else "" for k in ("precision", "recall", "density",
+                                                                              "coverage"))
+              + f" | {held} | {STUDIES[study][1][name][0]} |", flush=True)
 
 
 def _speed_states(names: list[str], study: str, subset: int) -> tuple[dict, object]:
@@ -203,6 +215,9 @@ def main() -> int:
     parser.add_argument("--subset", type=int, default=0,
                         help="train on only this many faces (limited data: D memorises sooner); 0 = all")
     parser.add_argument("--raw", action="store_true", help="score G's own weights instead of its EMA")
+    parser.add_argument("--step", type=int, default=0,
+                        help="score the generator each run kept at this step (generators/step_NNNNNNN.pt) instead of "
+                             "its last checkpoint; 0 = the checkpoint")
     parser.add_argument("--out", type=Path, help="folder of the runs (default: runs/search64 or runs/improve64)")
     args = parser.parse_args()
     _, runs, folder = STUDIES[args.study]
@@ -216,7 +231,7 @@ def main() -> int:
     elif args.action == "speed":
         speed_runs(names, args.study)
     else:
-        score_runs(names, args.n, out, args.raw, args.study)
+        score_runs(names, args.n, out, args.raw, args.study, args.step)
     return 0
 
 

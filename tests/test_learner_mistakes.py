@@ -236,7 +236,7 @@ NEW_MISTAKES = [
     ("D step draws its own z", lambda: _run_step("d", d_step_draws_its_own_z),
      r"D step run twice.*two different updates.*draws its own random numbers.*use the z you are given"),
     ("D step scores reals without grad", lambda: _run_step("d", d_step_reals_without_grad),
-     r"only the fakes' loss reaches D.*real_loss\(D\(real_images\), smooth\) must reach D"),
+     r"score of the real images detached.*real_loss\(D\(real_images\), smooth\) must reach D"),
     ("D step leaves G in eval mode", lambda: _run_step("d", d_step_leaves_g_in_eval),
      r"G after the D step: expected training mode.*got eval mode.*BatchNorm uses running statistics"),
     ("D step drops the smooth argument", lambda: _run_step("d", d_step_without_smooth_argument),

@@ -808,7 +808,7 @@ def _fresh():
 
 STEP_MISTAKES = [
     ("D step without detach", "d", undetached_d_step, r"attached: backward\(\) put gradients into G.*G\(z\).detach\(\)"),
-    ("D step without zero_grad", "d", no_zero_grad_d_step, "zero_grad\\(\\) is missing"),
+    ("D step without zero_grad", "d", no_zero_grad_d_step, "gradients still in D when backward.*d_optimizer.zero_grad"),
     ("D step with swapped labels", "d", swapped_labels_d_step, "labels are swapped"),
     ("D step on reals only", "d", real_only_d_step, "only the real images' loss"),
     ("D step without step()", "d", no_step_d_step, "no d_optimizer.step\\(\\).*Rule SD3"),
@@ -816,7 +816,7 @@ STEP_MISTAKES = [
     ("G step with fake_loss", "g", fake_loss_g_step, "G's loss is fake_loss.*real_loss\\(D\\(G\\(z\\)\\)\\)"),
     ("G step saturating", "g", saturating_g_step, "saturating form"),
     ("G step detached", "g", detached_g_step, "detached \\(or made under torch.no_grad\\(\\)\\).*detach only in the D step"),
-    ("G step without zero_grad", "g", no_zero_grad_g_step, "g_optimizer.zero_grad\\(\\) is missing"),
+    ("G step without zero_grad", "g", no_zero_grad_g_step, "gradients still in G when backward.*g_optimizer.zero_grad"),
     ("G step without backward", "g", no_backward_g_step, "no backward\\(\\).*call backward\\(\\) on G's loss"),
 ]
 

@@ -69,8 +69,21 @@ def check_scale_formula(scale: Callable) -> None:
                 _fail(f"{call} with {show}", _short(want), f"{got}, which is x mapped to [-1, 1]",
                       "read min and max from the feature_range argument (lo, hi = feature_range) instead of using "
                       "-1 and 1", rule="SC1")
-        _fail(f"{call} with {show}", _short(want), got, "stretch first, then shift: x * (max - min) + min, so that "
-              "0 lands on min and 1 on max", rule="SC2")
+        _fail(f"{call} with {show}", _short(want), got + _where_0_and_1_land(x, y, lo, hi),
+              "stretch first, then shift: x * (max - min) + min, so that 0 lands on min and 1 on max", rule="SC2")
+
+
+def _where_0_and_1_land(x: torch.Tensor, y, lo: float, hi: float) -> str:
+    """For a scale that is a straight line y = a x + b: where it sends 0 and 1, read from the values."""
+    if not torch.is_tensor(y) or y.shape != x.shape or x.numel() < 2:
+        return ""
+    design = torch.stack([x.flatten().double(), torch.ones(x.numel(), dtype=torch.double)], 1)
+    a, b = torch.linalg.lstsq(design, y.flatten().double().unsqueeze(1)).solution.flatten().tolist()
+    if not torch.allclose(design @ torch.tensor([a, b], dtype=torch.double), y.flatten().double(), atol=1e-4):
+        return ""
+    flipped = abs(b - hi) < 1e-4 and abs(a + b - lo) < 1e-4
+    return (f"; your scale sends 0 to {b:.4g} and 1 to {a + b:.4g}, where 0 must land on min ({lo:g}) and 1 on max "
+            f"({hi:g})" + (": the range upside down (flipped)" if flipped else ""))
 
 
 def _short(t: torch.Tensor, k: int = 4) -> str:
@@ -88,8 +101,20 @@ def test_dataloader(get_dataloader: Callable, image_size: int = 32, batch_size: 
     """Batches are (batch, 3, image_size, image_size), span [-1, 1], come in a new order each epoch and mirror
     faces at random; at a second image size and a batch of one too."""
     loader = _call("get_dataloader", get_dataloader, batch_size, image_size, **kwargs)
-    images = _first_batch(loader)
+    batch = _call("getting a batch", lambda: next(iter(loader)))
+    if isinstance(batch, (list, tuple)) and len(batch) == 1:  # a TensorDataset's batches: (images,)
+        batch = batch[0]
+    if isinstance(batch, (list, tuple)):
+        _fail("a data batch", "a tensor of face images", f"a {type(batch).__name__} of {len(batch)} items (images and "
+              "labels, as ImageFolder gives)", "serve the images alone: helpers.FaceImages(helpers.resolve_image_dir("
+              "data_dir), transform) is a dataset of the face tensors, with no class labels", rule="DL1")
+    images = batch
     expected = (batch_size, 3, image_size, image_size)
+    if torch.is_tensor(images) and tuple(images.shape) == (image_size, 3, batch_size, batch_size) \
+            and image_size != batch_size:
+        _fail("data batch shape", str(expected), f"{tuple(images.shape)}: batch_size and image_size swapped",
+              "get_dataloader(batch_size, image_size) takes the batch size first: pass each argument on where it "
+              "belongs (DataLoader(..., batch_size=batch_size), Resize(image_size))", rule="DL1")
     if not torch.is_tensor(images) or tuple(images.shape) != expected:
         _fail("data batch shape", str(expected), str(tuple(getattr(images, "shape", ()))) or repr(type(images)),
               "Resize(image_size) AND CenterCrop(image_size), ToTensor(), and batch_size passed to the DataLoader",
@@ -108,7 +133,22 @@ def test_dataloader(get_dataloader: Callable, image_size: int = 32, batch_size: 
 
 
 def check_range(images: torch.Tensor) -> None:
+    """The batch spans [-1, 1] as [0, 1] mapped once by (x - 0.5) / 0.5: not [0, 1], not mapped twice, not each
+    image stretched to its own darkest and brightest pixel."""
     lo, hi = images.min().item(), images.max().item()
+    if abs(lo + 3) < 0.05 and hi <= 1 + 1e-5:
+        _fail("data value range", "values spanning [-1, 1]", f"[{lo:.3g}, {hi:.3g}], which is [-1, 1] mapped to "
+              "[-1, 1] a second time (x * 2 - 1 twice)", "the images are already in [-1, 1] after Normalize: map "
+              "[0, 1] to [-1, 1] once, either Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) or scale, not both",
+              rule="DL2")
+    per_image = images.flatten(1)
+    if len(images) > 4 and torch.allclose(per_image.amin(1), torch.full((len(images),), -1.0), atol=1e-4) and \
+            torch.allclose(per_image.amax(1), torch.ones(len(images)), atol=1e-4):
+        _fail("data value range", "each face's own brightness kept, [0, 1] mapped to [-1, 1] the same way for every "
+              "image", f"every one of the {len(images)} images spanning exactly -1 to 1: each image stretched to its "
+              "own min and max", "map [0, 1] to [-1, 1] with the same formula for every image, "
+              "Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)); using each image's own x.min() and x.max() makes "
+              "every face equally dark and bright", rule="DL2")
     if lo >= 0:
         _fail("data value range", "values in [-1, 1]", f"[{lo:.3g}, {hi:.3g}], as straight from ToTensor",
               "ToTensor gives [0, 1]; add transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) to reach tanh's "

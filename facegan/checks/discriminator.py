@@ -47,6 +47,21 @@ WHY = {
 }
 
 
+def _sizes(conv_dim: int, n_layers: int, image_size: int):
+    """How the size of D's k-th layer with weights follows from the arguments, with this setting's numbers."""
+    n = n_layers if image_size == 32 else (image_size // 4).bit_length() - 1
+    last, side = conv_dim * 2**(n - 1), image_size // 2**n
+
+    def explain(k: int) -> str:
+        if k < n:
+            return (f"the channels double at every convolution (conv_dim * 2**i): convolution {k + 1} makes "
+                    f"conv_dim * 2**{k} = {conv_dim * 2**k} channels from {3 if k == 0 else conv_dim * 2**(k - 1)}, "
+                    "with stride 2")
+        return (f"the last feature map is conv_dim * 2**(n_layers - 1) = {last} channels of image_size // "
+                f"2**n_layers = {side} pixels a side, so the linear layer takes {last * side * side} features")
+    return explain
+
+
 def _rule(k: int, n: int, what: str) -> str:
     """Which rule a difference at D's k-th of n layers with weights breaks."""
     if what == "count":
@@ -67,7 +82,8 @@ def test_discriminator(Discriminator: type, conv_dim: int = 32, image_size: int 
     n_layers = kwargs.get("n_layers", _default_n_layers(Discriminator))
     if batch_norm:
         compare_layers(forward_ops(D, x[:16]), reference_ops(conv_dim, n_layers, image_size),
-                       f"Discriminator({conv_dim})", _rule, WHY)
+                       f"Discriminator({conv_dim})", _rule, WHY,
+                       _sizes(conv_dim, n_layers, image_size))
     small = max(conv_dim // 2, 4)
     for cd, n in [(small, n_layers)] + [(conv_dim, m) for m in _other_n_layers(Discriminator, kwargs, image_size)]:
         args = {**kwargs, "n_layers": n} if n != n_layers or "n_layers" in kwargs else kwargs
@@ -80,7 +96,8 @@ def test_discriminator(Discriminator: type, conv_dim: int = 32, image_size: int 
             f"{depth * side * side} here, from conv_dim and n_layers, not for one setting only", "D7")}
         check_one_logit_per_image(Dn, x[:8], who, sizing)
         if batch_norm:
-            compare_layers(forward_ops(Dn, x[:8]), reference_ops(cd, n, image_size), who, _rule, WHY)
+            compare_layers(forward_ops(Dn, x[:8]), reference_ops(cd, n, image_size), who, _rule, WHY,
+                           _sizes(cd, n, image_size))
     check_raw_logits(D, x)
     _note_view_on_channels_last(D, x)
     _passed(f"Discriminator maps (50, 3, {image_size}, {image_size}) to (50, 1) logits, layer by layer as the "

@@ -11,6 +11,7 @@ checks what the notebook says G's output is: images spanning [-1, 1] through tan
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -81,6 +82,22 @@ def equivalent_ops(ops: list[Op], image_size: int, n_layers: int) -> list[Op]:
     return ops
 
 
+def _sizes(z_size: int, conv_dim: int, n_layers: int, image_size: int) -> Callable[[int], str]:
+    """How the size of G's k-th layer with weights follows from the arguments, with this setting's numbers."""
+    n = n_layers if image_size == 32 else (image_size // 4).bit_length() - 1
+    top, side = conv_dim * 2**(n - 1), image_size // 2**n
+
+    def explain(k: int) -> str:
+        if k == 0:
+            return (f"the projection takes z_size = {z_size} inputs and makes conv_dim * 2**(n_layers - 1) = {top} "
+                    f"channels of image_size // 2**n_layers = {side} pixels a side, {top * side * side} features")
+        if k == n:
+            return f"the last transposed convolution takes conv_dim = {conv_dim} channels and outputs 3"
+        return (f"transposed convolution {k} halves the channels, {top // 2**(k - 1)} -> {top // 2**k} "
+                f"(conv_dim * 2**(n_layers - 1 - {k}))")
+    return explain
+
+
 def _rule(k: int, n: int, what: str) -> str:
     """Which rule a difference at G's k-th of n layers with weights breaks."""
     if what == "count":
@@ -104,8 +121,9 @@ def test_generator(Generator: type, z_size: int = 100, conv_dim: int = 32, image
     check_output_shape(out, expected)
     check_function_of_z(G, z)
     n_layers = kwargs.get("n_layers", _default_n_layers(Generator))
-    compare_layers(equivalent_ops(forward_ops(G, z[:16]), image_size, n_layers), reference_ops(z_size, conv_dim, n_layers, image_size),
-                   f"Generator({z_size}, {conv_dim})", _rule, WHY)
+    compare_layers(equivalent_ops(forward_ops(G, z[:16]), image_size, n_layers),
+                   reference_ops(z_size, conv_dim, n_layers, image_size), f"Generator({z_size}, {conv_dim})", _rule,
+                   WHY, _sizes(z_size, conv_dim, n_layers, image_size))
     check_tanh_range(G, z)
     check_other_sizes(Generator, z_size, conv_dim, n_layers, image_size, latent_shape, kwargs)
     _passed(f"Generator maps {tuple(z.shape)} to {expected} in [-1, 1], layer by layer as the notebook's")
@@ -148,7 +166,8 @@ def check_other_sizes(Generator: type, z_size: int, conv_dim: int, n_layers: int
                   "compute every size from the arguments z_size, conv_dim and n_layers (start from "
                   "conv_dim * 2**(n_layers - 1) channels of image_size // 2**n_layers pixels), not from the "
                   "values they had once", rule="G7")
-        compare_layers(equivalent_ops(forward_ops(Gn, zn), image_size, n), reference_ops(zs, cd, n, image_size), who, _rule, WHY)
+        compare_layers(equivalent_ops(forward_ops(Gn, zn), image_size, n), reference_ops(zs, cd, n, image_size),
+                       who, _rule, WHY, _sizes(zs, cd, n, image_size))
 
 
 def check_function_of_z(G: nn.Module, z: torch.Tensor) -> None:

@@ -227,12 +227,13 @@ def _seq(ops: list[Op]) -> str:
 
 
 def compare_layers(theirs: list[Op], reference: list[Op], who: str, rule_for: Callable[[int, int, str], str],
-                   why: dict[str, str] | None = None) -> None:
+                   why: dict[str, str] | None = None, sizes: Callable[[int], str] | None = None) -> None:
     """Fail at the first place where the learner's operations (``theirs``) part from the notebook's
     (``reference``), in the learner's terms ("after your second convolution the notebook applies BatchNorm and then
     LeakyReLU(0.2); yours applies LeakyReLU(0.2) and then BatchNorm").  ``rule_for(k, n, what)`` names the rule
     broken at the k-th of n layers with weights, where ``what`` is "count", "width", "norm", "act" or "order";
-    ``why`` adds the notebook's reason for a rule to the hint."""
+    ``why`` adds the notebook's reason for a rule to the hint, ``sizes(k)`` how the k-th layer's size follows from
+    the arguments."""
     why = why or {}
     mine, ref = _blocks(theirs), _blocks(reference)
     if [b[0][0] for b in mine] != [b[0][0] for b in ref]:
@@ -248,17 +249,37 @@ def compare_layers(theirs: list[Op], reference: list[Op], who: str, rule_for: Ca
         last = k == len(ref) - 1 and not alone
         name = f"your {'' if alone else 'last ' if last else _ORDINAL[min(counts[op[0]], 8) - 1] + ' '}{_kind_name(op)}"
         if op[1:] != ref_op[1:]:
+            how = sizes(k) if sizes else ("widths double (D) or halve (G) from one layer to the next, starting from "
+                                          "conv_dim")
             _fail(f"{who}: {name}", describe(ref_op), describe(op),
-                  "compute its channels (or features) and stride from the arguments, as the notebook's layer "
-                  "does: widths double (D) or halve (G) from one layer to the next, starting from conv_dim"
-                  + because(rule_for(k, len(ref), "width")), rule=rule_for(k, len(ref), "width"))
+                  f"compute its sizes from the arguments: {how}" + because(rule_for(k, len(ref), "width")),
+                  rule=rule_for(k, len(ref), "width"))
         if after != ref_after:
             norms = [o for o in after if o[0] == "norm"] != [o for o in ref_after if o[0] == "norm"]
             acts = [o for o in after if o[0] == "act"] != [o for o in ref_after if o[0] == "act"]
             what = "norm" if norms else "act" if acts else "order"
+            misplaced = _misplaced(after, ref_after, ref, k)
+            if misplaced:
+                op_name, j = misplaced
+                where = "the last layer" if j == len(ref) - 1 else f"layer {j + 1} with weights"
+                when = "before" if j > k else "after"
+                _fail(f"{who}: after {name}", f"{_seq(ref_after)}, as in the notebook's network", _seq(after),
+                      f"your {op_name} comes here, {when} {where}: the notebook applies it only after {where}, so "
+                      "move it there" + because(rule_for(j, len(ref), "act")), rule=rule_for(j, len(ref), "act"))
             _fail(f"{who}: after {name}", f"{_seq(ref_after)}, as in the notebook's network", _seq(after),
                   _order_hint(after, ref_after) + because(rule_for(k, len(ref), what)),
                   rule=rule_for(k, len(ref), what))
+
+
+def _misplaced(after: list[Op], ref_after: list[Op], ref: list, k: int) -> tuple[str, int] | None:
+    """An operation here that the notebook's network applies only after another layer: (its name, that layer)."""
+    for op in after:
+        if op in ref_after:
+            continue
+        homes = [j for j, (_, ops) in enumerate(ref) if op in ops]
+        if len(homes) == 1 and homes[0] != k:  # an operation the notebook applies after one layer only (tanh)
+            return describe(op), homes[0]
+    return None
 
 
 def _order_hint(after: list[Op], ref_after: list[Op]) -> str:

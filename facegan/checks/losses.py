@@ -58,6 +58,14 @@ def _alternatives(label: float) -> dict[str, tuple[str, str, Callable]]:
                 lambda x: _bce(x, label) * x.numel()),
         "scaled": ("the loss times 0.9 instead of a label of 0.9: smooth=True changes the labels, not the loss",
                    "L2", lambda x: 0.9 * _bce(x, 1.0)),
+        "mean logit": ("the loss of the batch's mean logit, D_out.mean(), instead of the mean of each image's loss: "
+                       "pass D_out itself, and let the loss average over the images", "L4",
+                       lambda x: _bce(x.mean(), label)),
+        "least squares": ("least squares, the mean of (D_out - label)**2 (MSE), not BCE-with-logits: use "
+                          "nn.BCEWithLogitsLoss()", "L1", lambda x: ((x - label) ** 2).mean()),
+        "least squares on sigmoid": ("least squares on sigmoid(D_out) (MSE), not BCE-with-logits: use "
+                                     "nn.BCEWithLogitsLoss()", "L1",
+                                     lambda x: ((torch.sigmoid(x) - label) ** 2).mean()),
     }
 
 
@@ -66,6 +74,17 @@ def check_loss(what: str, fn: Callable, label: float, rule: str, **kwargs) -> No
     gradient; the first case that differs is shown, with the label the learner's loss implies if it is BCE."""
     for logits in _logit_cases():
         out = loss_value(what, fn, logits, **kwargs)
+        again = loss_value(what, fn, logits, **kwargs)
+        if not torch.equal(out.detach(), again.detach()) and not (out.isnan() and again.isnan()):
+            _fail(f"{what} twice on the same logits {_short(logits.detach())}", "the same value twice",
+                  f"{out.item():.5g}, then {again.item():.5g}: random", f"the labels must be exactly {label:g}, the "
+                  "same on every call: torch.full_like(D_out, 0.9 if smooth else 1.0), with no random numbers",
+                  rule="L2" if label else "L3")
+        if not torch.isfinite(out):
+            _fail(f"{what} on logits {_short(logits.detach())}", "a finite loss", f"{out.item()} on large logits "
+                  "(|logit| up to 150)", "log(sigmoid(x)) by hand rounds to log(0) = -inf for large logits: use "
+                  "nn.BCEWithLogitsLoss() (or F.logsigmoid), which applies the sigmoid inside the loss, stably",
+                  rule="L1")
         want = _bce(logits, label)
         grad, = torch.autograd.grad(out, logits, allow_unused=True)
         want_grad, = torch.autograd.grad(want, logits)

@@ -40,8 +40,10 @@ def test_optimizers(d_optimizer, g_optimizer, D: nn.Module, G: nn.Module, lr: fl
         want = f"lr={want_lr}, betas={tuple(betas)}" if told else "lr=2e-4, betas=(0.5, 0.999)"
         recipe = f"lr={source[key]}, betas={source['betas']}" if cfg is not None else want
         check_parameters(name, opt, net, var, other, other_name, recipe)
-        if not isinstance(opt, torch.optim.Adam):
-            _fail(name, "torch.optim.Adam", type(opt).__name__,
+        if type(opt) is not torch.optim.Adam or opt.param_groups[0].get("weight_decay", 0):
+            decay = opt.param_groups[0].get("weight_decay", 0)
+            _fail(name, "torch.optim.Adam", type(opt).__name__ + (f" with weight_decay={decay}, which Adam's recipe "
+                  "does not have" if decay else ""),
                   f"DCGAN trains both networks with Adam: torch.optim.Adam({var}.parameters(), {recipe})",
                   rule=_RULE[name])
         group = opt.param_groups[0]
@@ -63,6 +65,10 @@ def test_optimizers(d_optimizer, g_optimizer, D: nn.Module, G: nn.Module, lr: fl
                   f"({source['lr_d']} for D, {source['lr_g']} for G; e.g. hinge_sn64 trains D 4x faster than G), "
                   f"so use torch.optim.Adam({var}.parameters(), {recipe})" if mixed else
                   f"use {recipe}: the values the training below uses", rule=_RULE[name])
+        if betas is not None and tuple(betas)[::-1] == got_betas and betas[0] != betas[1]:
+            _fail(f"{name} betas", f"betas={tuple(betas)}", f"{got_betas}, the two in reverse order",
+                  f"betas=(beta1, beta2): beta1, the momentum of the gradient ({betas[0]}), comes first: "
+                  f"betas={source['betas']}", rule=_RULE[name])
         if betas is not None and not all(math.isclose(a, b) for a, b in zip(got_betas, betas, strict=True)):
             _fail(f"{name} settings", want, f"lr={group['lr']}, betas={got_betas}",
                   f"use {recipe}: the values the training below uses", rule=_RULE[name])

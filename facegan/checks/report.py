@@ -68,6 +68,16 @@ CRASH_HINTS: dict[str, tuple[str, str]] = {
                                     "nn.BatchNorm2d(out_ch) right after a layer with out_ch output channels", "D5"),
     "does not require grad": ("the loss is not connected to the weights: do not detach (or .item()) it; in the "
                               "G step only the D step's fakes are detached", "SG2"),
+    "img should be Tensor": ("the transforms run in the order of the Compose: the steps on PIL images (Resize, "
+                             "CenterCrop, RandomHorizontalFlip) first, then ToTensor(), then Normalize, which needs "
+                             "a tensor", "DL6"),
+    "pic should be PIL Image": ("the transforms run in the order of the Compose: ToTensor() takes a PIL image, so it "
+                                "comes after the PIL steps (Resize, CenterCrop, RandomHorizontalFlip) and before "
+                                "Normalize, once", "DL6"),
+    "can't be cast to the desired output type Long": ("the labels are integers (torch.tensor([1, 1, ...]) or "
+                                                      "dtype=torch.long): BCEWithLogitsLoss wants float labels like "
+                                                      "D_out; make them with torch.full_like(D_out, 0.9 if smooth "
+                                                      "else 1.0), which copies D_out's dtype", "L4"),
     "'NoneType' object has no attribute 'zero_'": ("nn.init.zeros_(m.bias) on a layer built with bias=False: "
                                                    "its bias is None, so test it first: if m.bias is not None",
                                                    "W2"),

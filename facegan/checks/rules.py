@@ -41,6 +41,8 @@ RULES: dict[str, Rule] = _rules(
     ("DL4", "test_dataloader", "markdown", "flips half of them left-right", "data.check_flips"),
     ("DL5", "test_dataloader", "markdown", "resizes and centre-crops every face to `image_size`",
      "data.test_dataloader"),
+    ("DL6", "test_dataloader", "hint", "Chain five transforms: Resize, CenterCrop, RandomHorizontalFlip, ToTensor, "
+     "Normalize.", "report.crash_message"),
     # --- Discriminator
     ("D1", "test_discriminator", "doc", "one raw logit per image (N, 1)", "discriminator.check_one_logit_per_image"),
     ("D2", "test_discriminator", "markdown", "a score anywhere on the real line", "discriminator.check_raw_logits"),

@@ -61,29 +61,55 @@ def record_step(step: Callable, start: tuple, args: tuple, stale: list[torch.Ten
     def log(kind: str, **detail) -> None:
         rec.events.append((kind, detail))
 
+    outputs: list[torch.Tensor] = []
+
     def on_d(module, inputs, out):
         x = inputs[0]
         source = ("real" if real is not None and x.shape == real.shape and torch.equal(x.detach(), real) else
                   "both" if real is not None and len(x) == 2 * len(real) else "fake")
+        outputs.append(out)
         log("D", size=len(x), source=source, to_g=_reaches(x, g_params), out_grad=bool(out.requires_grad))
 
     def on_g(module, inputs, out):
         log("G", given_z=bool(torch.equal(inputs[0], z)))
 
-    originals = {}
     for obj, name in ((opt, "optimiser"), (D, "D"), (G, "G")):
-        originals[name] = obj.zero_grad
         obj.zero_grad = _logged(obj.zero_grad, lambda name=name: log("zero_grad", on=name))
-    step_fn = opt.step
-    opt.step = lambda *a, **k: (log("step", grads=_grad_state(list(net.parameters()), stale)), step_fn(*a, **k))[1]
+    mine = set(map(id, net.parameters()))
+    others = {"D": set(map(id, D.parameters())), "G": set(map(id, G.parameters()))}
+    shapes = {"D": sorted(tuple(p.shape) for p in D.parameters()), "G": sorted(tuple(p.shape) for p in G.parameters())}
+
+    def any_step(self, *a, **k):  # every optimiser's step, the one given or another (a global d_optimizer, say)
+        ids = {id(p) for g in self.param_groups for p in g["params"]}
+        log("step", grads=_grad_state(list(net.parameters()), stale), given=self is opt,
+            over="this network" if ids & mine else "D" if ids & others["D"] else "G" if ids & others["G"] else
+            _shaped_like(self, shapes))
+        original = next(saved[c] for c in type(self).__mro__ if c in saved) if any(
+            c in saved for c in type(self).__mro__) else None
+        return original(self, *a, **k) if original else None
+
     backward = torch.Tensor.backward
-    torch.Tensor.backward = lambda self, *a, **k: (log("backward"), backward(self, *a, **k))[1]
+
+    def any_backward(self, *a, **k):
+        graph = _graph(self)
+        log("backward", grads=_grad_state(list(net.parameters()), stale),
+            reached=[o.grad_fn is not None and o.grad_fn in graph for o in outputs],
+            sources=[d["source"] for k_, d in rec.events if k_ == "D"])
+        return backward(self, *a, **k)
+
+    torch.Tensor.backward = any_backward
     hooks = [D.register_forward_hook(on_d), G.register_forward_hook(on_g)]
+    patched = [c for c in type(opt).__mro__ if "step" in c.__dict__ and c is not object]
+    saved = {c: c.__dict__["step"] for c in patched}
+    for c in patched:
+        c.step = any_step
     try:
         torch.manual_seed(1234)
         _call(what, step, D, G, opt, *args, **kwargs)
     finally:
         torch.Tensor.backward = backward
+        for c, f in saved.items():
+            c.step = f
         for h in hooks:
             h.remove()
     rec.events.append(("end", {"g_grads": any(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())
@@ -96,6 +122,27 @@ def _logged(fn: Callable, note: Callable) -> Callable:
         note()
         return fn(*a, **k)
     return wrapper
+
+
+def _shaped_like(opt, shapes: dict[str, list]) -> str:
+    """Which network an optimiser from elsewhere trains, told by its parameters' shapes."""
+    mine = sorted(tuple(p.shape) for g in opt.param_groups for p in g["params"])
+    for name, want in shapes.items():
+        if mine == want:
+            return f"a {name}'s parameters, as {'d' if name == 'D' else 'g'}_optimizer is"
+    return "parameters of neither network"
+
+
+def _graph(t: torch.Tensor) -> set:
+    """Every autograd node a backward() from ``t`` visits."""
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        todo.extend(f for f, _ in fn.next_functions)
+    return seen
 
 
 def _reaches(x: torch.Tensor, params: set[int]) -> bool:
@@ -116,40 +163,77 @@ def _reaches(x: torch.Tensor, params: set[int]) -> bool:
 
 
 def compare_records(rec: StepRecord, trained: int) -> None:
-    """Fail at the first place where the learner's step parts from the notebook's order of calls."""
+    """Fail at the first place where the learner's step parts from the notebook's: old gradients cleared (by
+    zero_grad() or by setting them to None) before backward(), backward() before step(), step() on the optimiser
+    the step is given, and the batches that reached D."""
     net, opt = ("D", "d_optimizer") if trained == 0 else ("G", "g_optimizer")
     rule_clear, step = ("SD4", "D step") if trained == 0 else ("ST2", "G step")
-    rule_order = "SD9" if trained == 0 else "ST2"
-    backwards, steps = rec.kinds("backward"), rec.kinds("step")
-    clears = [i for i in rec.kinds("zero_grad") if rec.events[i][1]["on"] in ("optimiser", net)]
-    if not steps:
+    rule_order, rule_update = ("SD9", "SD3") if trained == 0 else ("ST2", "SG1")
+    events = rec.events
+    backwards = [d for k, d in events if k == "backward"]
+    steps = [(i, d) for i, (k, d) in enumerate(events) if k == "step"]
+    given = [(i, d) for i, d in steps if d["given"]]
+    others = [d for _, d in steps if not d["given"]]
+    if others:
+        _fail(f"the {step}'s calls", f"{opt}.step(), the optimiser the step is given",
+              f"step() of another optimiser, over {others[0]['over']}" + ("" if given else f", and no {opt}.step()"),
+              f"the {step} updates {net} only, with the optimiser it receives as an argument ({opt}): do not reach "
+              "for an optimiser defined elsewhere in the notebook", rule=rule_update)
+    if not given:
         _fail(f"the {step}'s calls", f"{opt}.step() after backward()", f"no {opt}.step()",
               f"update {net} with {opt}.step(), the optimiser you are given, after the loss's backward()",
-              rule="SD3" if trained == 0 else "SG1")
+              rule=rule_update)
     if not backwards:
         _fail(f"the {step}'s calls", "backward() on the loss, then step()", "no backward()",
               f"call backward() on {net}'s loss before {opt}.step(): without it step() has no new gradients",
               rule=rule_order)
-    first_back, first_step = backwards[0], steps[0]
+    first_step = given[0][0]
+    first_back = next(i for i, (k, _) in enumerate(events) if k == "backward")
     if first_step < first_back:
         _fail(f"the {step}'s calls", "backward(), then step()", "step() before backward()",
               f"{opt}.step() ran before backward(), so it moved {net} with the gradients left from before (or none) "
               "and this step's gradients were never used: call the loss's backward() first, then step()",
               rule=rule_order)
-    state = rec.events[first_step][1]["grads"]
-    before_back = [i for i in clears if i < first_back]
-    if not clears:
-        _fail(f"the {step}'s calls", f"{opt}.zero_grad() before backward()", "no zero_grad()",
-              f"{opt}.zero_grad() is missing: the gradients left from the previous step were added to this one's "
-              f"when step() ran. Clear them first", rule=rule_clear)
-    if not before_back:
-        when = "after step()" if clears[0] > first_step else "after backward() and before step()"
-        _fail(f"the {step}'s calls", f"{opt}.zero_grad() before backward()", f"zero_grad() {when}",
-              f"zero_grad() ran after backward(), so step() saw no gradients: {net} did not learn from this batch; "
-              f"call zero_grad() first" if state in ("none", "zero") else
-              f"zero_grad() ran {when}, so step() used the gradients left from the previous step added to this "
-              f"one's: call zero_grad() first", rule=rule_clear)
+    at_back, at_step = backwards[0]["grads"], given[0][1]["grads"]
+    later = [i for i, (k, d) in enumerate(events) if k == "zero_grad" and d["on"] in ("optimiser", net)
+             and i > first_back]
+    cleared_between = any(k == "zero_grad" and d["on"] in ("optimiser", net) and first_back < i < first_step
+                          for i, (k, d) in enumerate(events))
+    if at_step in ("none", "zero") and cleared_between:
+        _fail(f"the {step}'s calls", f"{net}'s new gradients when {opt}.step() ran", "no gradients: they were "
+              "cleared after backward()", f"zero_grad() ran after backward(), so step() saw no gradients and {net} "
+              "did not learn from this batch: clear the old gradients first, before backward()", rule=rule_clear)
+    if at_back == "stale":
+        _fail(f"the {step}'s calls", f"{net}'s old gradients cleared before backward()",
+              f"the previous step's gradients still in {net} when backward() ran" +
+              ((": zero_grad() ran only after step()" if later[0] > first_step else
+                ": zero_grad() ran only after backward()") if later else ""),
+              f"backward() adds to what is in .grad, so step() used the old gradients plus this step's: call "
+              f"{opt}.zero_grad() first (zero_grad() on the other network does not clear {net}'s)", rule=rule_clear)
     _compare_batches(rec, trained, step)
+    _compare_scores(rec, trained, step)
+
+
+def _compare_scores(rec: StepRecord, trained: int, step: str) -> None:
+    """Each score D gave (of the real batch, of the fakes) must reach the loss that backward() ran on."""
+    backs = [d for k, d in rec.events if k == "backward"]  # a step may call backward() once per loss term
+    last = backs[-1]
+    reached_any = [any(b["reached"][i] for b in backs if i < len(b["reached"])) for i in range(len(last["reached"]))]
+    for source, reached in zip(last["sources"], reached_any, strict=False):
+        if reached:
+            continue
+        what = "the real images" if source == "real" else "the fakes"
+        if trained == 0 and source in ("real", "fake"):
+            _fail(f"the {step}'s loss", f"D's scores of {what} in the loss that backward() runs on",
+                  f"D's score of {what} detached (or computed under torch.no_grad()), so that term trains nothing",
+                  ("score the real images with gradients: real_loss(D(real_images), smooth) must reach D; only the "
+                   "fakes are detached, and as images, G(z).detach()" if source == "real" else
+                   "detach the fake IMAGES, G(z).detach(), before D scores them; D's score of them must stay "
+                   "attached: fake_loss(D(fake_images))"), rule="SD5")
+        if trained == 1:
+            _fail(f"the {step}'s loss", "D's score of G(z) in the loss that backward() runs on",
+                  "D's score detached (or computed under torch.no_grad()): no gradient reaches G",
+                  "no detach in the G step: g_loss = real_loss(D(G(z)))", rule="SG2")
 
 
 def _compare_batches(rec: StepRecord, trained: int, step: str) -> None:
