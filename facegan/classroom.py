@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import PROJECT_ROOT
-from .exercise import BEGIN_SOLUTION, END_SOLUTION, SOLUTION_ONLY_LINES, _region_names, make_exercise_notebook
+from .exercise import (
+    BEGIN_SOLUTION,
+    END_SOLUTION,
+    SOLUTION_ONLY_LINES,
+    _region_names,
+    make_exercise_notebook,
+    rules_comment,
+)
 
 #: Where the committed assignment lives: an instructor copies this folder into a course's source/ folder.
 CLASSROOM_NOTEBOOK = PROJECT_ROOT / "classroom" / "source" / "face_generation" / "face_generation.ipynb"
@@ -135,7 +142,7 @@ def make_classroom_notebook(solution_path: str | Path = PROJECT_ROOT / "face_gen
             scaffold = cell.source[:-len(part.checks)].rstrip("\n")
             cells.append(nbformat.v4.new_code_cell(solution_cell_source(scaffold, part),
                                                    metadata={"nbgrader": _meta(part.id, solution=True)}))
-            cells.append(nbformat.v4.new_code_cell(part.checks, metadata={"nbgrader": _meta(
+            cells.append(nbformat.v4.new_code_cell(rules_comment(part.names) + part.checks, metadata={"nbgrader": _meta(
                 f"test_{part.id}", grade=True, points=part.points)}))
             continue
         if cell.cell_type == "code" and SETUP_ANCHOR in cell.source:

@@ -214,6 +214,9 @@ def cmd_exercise(args: argparse.Namespace) -> int:
         from .classroom import make_classroom_notebook
 
         print(f"wrote {make_classroom_notebook(args.solution)} (the nbgrader assignment)")
+        from .exercise import write_rules_table
+
+        print(f"wrote {write_rules_table()} (the rule table)")
     return 0
 
 

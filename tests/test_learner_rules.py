@@ -58,6 +58,7 @@ def _run(part: str, code, preset: str) -> None:
 class Outcome:
     verdict: str  # named | wrong cause | not caught | raw crash | passed | failed
     message: str
+    rule: str = ""  # the rule the failure named (CheckFailed.rule)
 
 
 @functools.cache
@@ -70,7 +71,7 @@ def outcome(name: str) -> Outcome:
         if isinstance(case, cases.Correct):
             return Outcome("failed", str(e))
         text = str(e).lower()
-        return Outcome("named" if any(w in text for w in case.cause_words) else "wrong cause", str(e))
+        return Outcome("named" if any(w in text for w in case.cause_words) else "wrong cause", str(e), e.rule)
     except Exception as e:  # noqa: BLE001 - a raw crash is the outcome being measured
         return Outcome("raw crash", f"{type(e).__name__}: {e}")
     return Outcome("passed" if isinstance(case, cases.Correct) else "not caught", "")

@@ -121,7 +121,11 @@ def test_generator(Generator: type, z_size: int = 100, conv_dim: int = 32, image
     check_output_shape(out, expected)
     check_function_of_z(G, z)
     n_layers = kwargs.get("n_layers", _default_n_layers(Generator))
-    compare_layers(equivalent_ops(forward_ops(G, z[:16]), image_size, n_layers),
+    ops = equivalent_ops(forward_ops(G, z[:16]), image_size, n_layers)
+    if any(o[0] == "act" and o[1].startswith("tanh x") for o in ops):
+        check_tanh_range(G, z)  # a scaled or shifted tanh: the images' range says it best
+    check_last_layer(ops, conv_dim, f"Generator({z_size}, {conv_dim})")
+    compare_layers(ops,
                    reference_ops(z_size, conv_dim, n_layers, image_size), f"Generator({z_size}, {conv_dim})", _rule,
                    WHY, _sizes(z_size, conv_dim, n_layers, image_size))
     check_tanh_range(G, z)
@@ -137,6 +141,14 @@ def _default_n_layers(build) -> int:
     except (TypeError, ValueError):
         return 3
     return p.default if p is not None and isinstance(p.default, int) else 3
+
+
+def check_last_layer(ops: list[Op], conv_dim: int, who: str) -> None:
+    """The last layer with weights is a transposed convolution from exactly conv_dim channels to 3."""
+    last = next((o for o in reversed(ops) if o[0] in ("conv", "convT", "linear")), None)
+    if last is not None and last[0] == "convT" and (last[1] != conv_dim or last[2] != 3):
+        _fail(f"{who}: your last transposed convolution", f"ConvTranspose2d({conv_dim}, 3, ...): conv_dim in, the 3 "
+              f"colour channels out", f"ConvTranspose2d({last[1]}, {last[2]}, ...)", WHY["G5"], rule="G5")
 
 
 def check_output_shape(out, expected: tuple) -> None:

@@ -119,8 +119,35 @@ RULES: dict[str, Rule] = _rules(
      "steps.compare_records"),
 )
 
-#: Sentences of the TODOs and hints that explain rather than direct (a test checks that every other directive
-#: sentence of a TODO or hint is a rule's words, or contains them).
+#: Sentences of the stubs and hints that say a rule again in other words (often with the code that keeps it):
+#: each traced to the rule it restates, so that a directive sentence is never without a check.
+RESTATED = {
+    "0 must land on min.": "SC2",
+    "`nn.Conv2d(in_ch, out_ch, 4, 2, 1)` halves the image;": "D3",
+    "put `nn.BatchNorm2d` after every convolution but the first, and `nn.LeakyReLU(0.2)` after each.": "D5",
+    "Flatten with `x.flatten(1)`;": "D9",
+    "no sigmoid at the end.": "D2",
+    "convolutions, flatten, linear:": "D7",
+    "return the logits.": "D2",
+    "Start from top = conv_dim * 2**(n_layers - 1) channels at side = 32 // 2**n_layers pixels, and follow the "
+    "linear projection with BatchNorm2d and ReLU, like every hidden layer.": "G2",
+    "`nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1)` doubles the size;": "G3",
+    "the last one takes exactly conv_dim channels, outputs 3, and is followed by tanh alone:": "G5",
+    "no BatchNorm or ReLU after it.": "G6",
+    "linear, reshape to (N, channels, side, side), BatchNorm and ReLU, transposed convolutions, tanh.": "G2",
+    "use as model.apply(weights_init_normal).": "W4",
+    "`nn.BCEWithLogitsLoss()` takes raw logits;": "L1",
+    "the same as real_loss, with the label of fake images.": "L3",
+    "`torch.zeros_like(D_out)`.": "L3",
+    "D's loss is `real_loss(D(real_images), smooth) + fake_loss(D(fake_images))`:": "SD2",
+    "two calls to D, so that BatchNorm normalises the real batch and the fake batch each with its own statistics.":
+        "SD1",
+    "One update of G, towards D calling G(z) real;": "SG1",
+    "`torch.optim.Adam(params, lr=..., betas=(beta1, beta2))`;": "O1",
+}
+
+#: Sentences of the stubs and hints that explain rather than direct (a test checks that every other sentence of
+#: a stub or hint is a rule's words, contains them, or is in RESTATED).
 EXPLANATIONS = (
     "ImageFolder would want one sub-folder per class",
     "`ImageFolder` does not fit, since it wants one sub-folder per class",
@@ -128,6 +155,9 @@ EXPLANATIONS = (
     "beta1 is 0.5 for the DCGAN presets, 0.0 for the WGAN-GP and hinge ones",
     "`apply` calls the function on every module, also ReLU and Sequential",
     "The width of the range is max - min",
+    'data_dir="celeba" names the processed CelebA set, not a folder path',
+    "`helpers.resolve_image_dir(data_dir)` turns `\"celeba\"` into the folder of the processed set",
+    "DCGAN init for one module m",
 )
 
 

@@ -56,23 +56,13 @@ def record_step(step: Callable, start: tuple, args: tuple, stale: list[torch.Ten
     rec = StepRecord()
     real = args[0] if trained == 0 else None
     z = args[-1]
-    g_params = set(map(id, G.parameters()))
 
     def log(kind: str, **detail) -> None:
         rec.events.append((kind, detail))
 
     outputs: list[torch.Tensor] = []
 
-    def on_d(module, inputs, out):
-        x = inputs[0]
-        source = ("real" if real is not None and x.shape == real.shape and torch.equal(x.detach(), real) else
-                  "both" if real is not None and len(x) == 2 * len(real) else "fake")
-        outputs.append(out)
-        log("D", size=len(x), source=source, to_g=_reaches(x, g_params), out_grad=bool(out.requires_grad))
-
-    def on_g(module, inputs, out):
-        log("G", given_z=bool(torch.equal(inputs[0], z)))
-
+    hooks = _watch_networks(D, G, real, z, log, outputs)
     for obj, name in ((opt, "optimiser"), (D, "D"), (G, "G")):
         obj.zero_grad = _logged(obj.zero_grad, lambda name=name: log("zero_grad", on=name))
     mine = set(map(id, net.parameters()))
@@ -98,7 +88,6 @@ def record_step(step: Callable, start: tuple, args: tuple, stale: list[torch.Ten
         return backward(self, *a, **k)
 
     torch.Tensor.backward = any_backward
-    hooks = [D.register_forward_hook(on_d), G.register_forward_hook(on_g)]
     patched = [c for c in type(opt).__mro__ if "step" in c.__dict__ and c is not object]
     saved = {c: c.__dict__["step"] for c in patched}
     for c in patched:
@@ -115,6 +104,24 @@ def record_step(step: Callable, start: tuple, args: tuple, stale: list[torch.Ten
     rec.events.append(("end", {"g_grads": any(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())
                                             and trained == 0}))
     return rec
+
+
+def _watch_networks(D, G, real, z, log: Callable, outputs: list) -> list:
+    """Forward hooks logging every batch that reaches D (real, fake or both, attached to G or not) and every call
+    of G (on the z given or another); D's outputs are kept, to see later which of them reached the loss."""
+    g_params = set(map(id, G.parameters()))
+
+    def on_d(module, inputs, out):
+        x = inputs[0]
+        source = ("real" if real is not None and x.shape == real.shape and torch.equal(x.detach(), real) else
+                  "both" if real is not None and len(x) == 2 * len(real) else "fake")
+        outputs.append(out)
+        log("D", size=len(x), source=source, to_g=_reaches(x, g_params), out_grad=bool(out.requires_grad))
+
+    def on_g(module, inputs, out):
+        log("G", given_z=bool(torch.equal(inputs[0], z)))
+
+    return [D.register_forward_hook(on_d), G.register_forward_hook(on_g)]
 
 
 def _logged(fn: Callable, note: Callable) -> Callable:
