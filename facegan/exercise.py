@@ -147,7 +147,8 @@ EXERCISE_STUBS: dict[str, dict] = {
         doc="One update of D on a real batch and a batch of fakes G(z); returns D's loss.",
         todo="score the real images and the fakes in two separate calls to D (in one batch, BatchNorm would "
              "mix their statistics), add the two losses, and update D only.",
-        hint="Clear old gradients first, then backward() the loss, then step() the optimiser. Make the fakes with `G(z).detach()` so D's loss stays out of G. "
+        hint="Clear old gradients first, then backward() the loss, then step() the optimiser. "
+             "Make the fakes with `G(z).detach()` so D's loss stays out of G. "
              "D's loss is `real_loss(D(real_images), smooth) + fake_loss(D(fake_images))`: two calls to D, "
              "so that BatchNorm normalises the real batch and the fake batch each with its own statistics.",
         lines="d_optimizer.zero_grad()\n"
@@ -158,7 +159,8 @@ EXERCISE_STUBS: dict[str, dict] = {
         signature="(D, G, g_optimizer, z) -> torch.Tensor",
         doc="One update of G, towards D calling G(z) real; returns G's loss.",
         todo="score G(z) with D and update G so that D calls its fakes real.",
-        hint="Clear G's old gradients first, as in the D step. No detach here: the gradient must flow through D into G. G's loss is real_loss of D's output "
+        hint="Clear G's old gradients first, as in the D step. "
+             "No detach here: the gradient must flow through D into G. G's loss is real_loss of D's output "
              "on the fakes (the non-saturating loss).",
         lines="g_optimizer.zero_grad()\ng_loss = real_loss(D(G(z)))\ng_loss.backward()\n"
               "g_optimizer.step()\nreturn g_loss"),

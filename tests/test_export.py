@@ -319,7 +319,7 @@ def test_sample_and_fid_without_a_generator_say_which_they_used(folders, tmp_pat
     assert cli.main(["fid", "--n", "4", "--record"]) == 0
     out = capsys.readouterr().out
     assert f"using the shipped generator {shipped / 'tiny32'} (tiny32: 32px small32, FID-1000@32 99.5)" in out
-    assert "FID-4" in out and "recorded fid_4 and kid_4" in out
+    assert "FID-4" in out and "recorded fid_4, kid_4 in" in out
     metrics = export.read_model_config(shipped / "tiny32")["metrics"]
     assert set(metrics) == {"fid_1k", "fid_4", "kid_4"}
     assert f"| FID-4@32 | {metrics['fid_4']:g} |" in (shipped / "tiny32" / export.CARD).read_text()

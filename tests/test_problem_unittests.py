@@ -721,7 +721,8 @@ MISTAKES = [
     ("G ends in sigmoid", checks.test_generator, (SigmoidG,), 'sigmoid.*Rule G6:'),
     ("G clamps", checks.test_generator, (ClampG,), 'a\\ clamp\\ to\\ \\[\\-1,\\ 1\\].*Rule G6:'),
     ("G without BatchNorm", checks.test_generator, (NoBatchNormG,), 'ReLU.*Rule G2:'),
-    ("G ignores conv_dim", checks.test_generator, (FixedWidthG,), 'ConvTranspose2d\\(64,\\ 3,\\ \\.\\.\\.\\).*Rule G5:'),
+    ("G ignores conv_dim", checks.test_generator, (FixedWidthG,), 'ConvTranspose2d\\(64,\\ 3,\\ \\.\\.\\.\\)'
+    '.*Rule G5:'),
     ("G too few layers", checks.test_generator, (TooSmallG,), r"\(50, 3, 32, 32\), got \(50, 3, 16, 16\)"),
     ("G ignores conv_dim in one layer", checks.test_generator, (MiddleFixedG,),
      'ConvTranspose2d\\(64,\\ 64,\\ stride\\ 2\\).*Rule G3:'),
@@ -773,11 +774,15 @@ MISTAKES = [
      'times 0.9 instead of a label of 0.9.*Rule L2:'),
     ("two-sided smoothing", checks.test_losses, (losses.real_loss, two_sided_fake_loss),
      '2\\.3027,\\ BCE\\-with\\-logits\\ towards\\ the\\ label\\ 0\\.1.*Rule L5:'),
-    ("fake labelled 1", checks.test_losses, (losses.real_loss, swapped_fake_loss), '0\\.61848,\\ BCE\\-with\\-logits\\ towards\\ the\\ label\\ 1.*Rule L3:'),
+    ("fake labelled 1", checks.test_losses, (losses.real_loss, swapped_fake_loss),
+     'towards the label 1'
+    '.*Rule L3:'),
     ("BCELoss on logits", checks.test_losses, (bce_loss_on_logits, losses.fake_loss), "BCEWithLogitsLoss"),
     ("labels of the wrong shape", checks.test_losses, (unsqueezed_labels_real_loss, losses.fake_loss),
      "same as input size.*ones_like"),
-    ("sum reduction", checks.test_losses, (summed_real_loss, losses.fake_loss), 'the sum over the batch instead of its mean.*Rule L6:'),
+    ("sum reduction", checks.test_losses, (summed_real_loss, losses.fake_loss),
+     'the sum over the batch instead of its mean'
+    '.*Rule L6:'),
     ("loss.item()", checks.test_losses, (item_real_loss, losses.fake_loss), "expected a tensor.*not loss.item"),
     ("loader uses .next()", checks.test_dataloader, (old_next_dataloader,), r"next\(iter\(loader\)\)"),
     ("loader in [0, 1]", checks.test_dataloader, (zero_to_one_dataloader,), "as straight from ToTensor.*Normalize"),
@@ -807,7 +812,8 @@ def _fresh():
 
 
 STEP_MISTAKES = [
-    ("D step without detach", "d", undetached_d_step, r"attached: backward\(\) put gradients into G.*G\(z\).detach\(\)"),
+    ("D step without detach", "d", undetached_d_step,
+     r"attached: backward\(\) put gradients into G.*G\(z\).detach\(\)"),
     ("D step without zero_grad", "d", no_zero_grad_d_step, "gradients still in D when backward.*d_optimizer.zero_grad"),
     ("D step with swapped labels", "d", swapped_labels_d_step, "labels are swapped"),
     ("D step on reals only", "d", real_only_d_step, "only the real images' loss"),
@@ -815,7 +821,8 @@ STEP_MISTAKES = [
     ("D step returns nothing", "d", no_return_d_step, "got None.*return d_loss"),
     ("G step with fake_loss", "g", fake_loss_g_step, "G's loss is fake_loss.*real_loss\\(D\\(G\\(z\\)\\)\\)"),
     ("G step saturating", "g", saturating_g_step, "saturating form"),
-    ("G step detached", "g", detached_g_step, "detached \\(or made under torch.no_grad\\(\\)\\).*detach only in the D step"),
+    ("G step detached", "g", detached_g_step,
+     "detached \\(or made under torch.no_grad\\(\\)\\).*detach only in the D step"),
     ("G step without zero_grad", "g", no_zero_grad_g_step, "gradients still in G when backward.*g_optimizer.zero_grad"),
     ("G step without backward", "g", no_backward_g_step, "no backward\\(\\).*call backward\\(\\) on G's loss"),
 ]
