@@ -2,8 +2,8 @@
 
 Each loss is compared with the formula, value and gradient, on fresh logits: random values of either
 sign (a constant logit cannot tell a label from a scaled loss), large ones (where a sigmoid rounds to
-0 or 1, so BCELoss after a sigmoid parts from BCE-with-logits), a batch of one, and shapes (N, 1) and
-(N,).  The first case that differs is shown with both values, and the message says what the learner's
+0 or 1, so BCELoss after a sigmoid parts from BCE-with-logits) and batches of 2 to 64, in D's (N, 1)
+shape.  The first case that differs is shown with both values, and the message says what the learner's
 loss is where its values show it exactly (BCE towards another label, a sum, a sigmoid applied twice).
 """
 from __future__ import annotations
@@ -37,11 +37,11 @@ def _bce(logits: torch.Tensor, label: float) -> torch.Tensor:
 
 def _logit_cases(seed: int = 0) -> list[torch.Tensor]:
     """Fresh logits, smallest first: a batch of two (a batch of one would fail the correct D_out.squeeze()
-    styles, which the training loop, whose batches are 64, never meets), shapes (N, 1) and (N,), random values
+    styles, which the training loop, whose batches are 64, never meets), D_out's shape (N, 1), random values
     of either sign, and large ones (|logit| up to 150, where a sigmoid rounds to exactly 0 or 1 and BCELoss
     clips its logarithm)."""
     g = torch.Generator().manual_seed(seed)
-    cases = [torch.randn(2, 1, generator=g) * 3, torch.randn(7, 1, generator=g) * 3, torch.randn(16, generator=g) * 3,
+    cases = [torch.randn(2, 1, generator=g) * 3, torch.randn(7, 1, generator=g) * 3, torch.randn(16, 1, generator=g),
              (torch.rand(64, 1, generator=g) * 300 - 150)]
     return [c.requires_grad_() for c in cases]
 
@@ -141,7 +141,7 @@ def _label_causes(label: float, implied: float, rule: str) -> list[tuple[float, 
 
 def test_losses(real_loss: Callable, fake_loss: Callable) -> None:
     """real_loss / fake_loss are BCE-with-logits (batch means) towards 1 (0.9 with smooth=True) and towards 0,
-    on fresh logits of either sign and any size, a batch of one, and D_out shaped (N, 1) or (N,)."""
+    on fresh logits of either sign and any size, in D's (N, 1) shape."""
     check_loss("real_loss(D_out)", real_loss, 1.0, "L2")
     check_loss("real_loss(D_out, smooth=True)", real_loss, 0.9, "L2", smooth=True)
     check_loss("fake_loss(D_out)", fake_loss, 0.0, "L3")
