@@ -13,7 +13,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from .layers import _WEIGHTED, Op, _other_n_layers, _trace, compare_layers, forward_ops
+from .layers import _WEIGHTED, Op, _other_n_layers, _trace, compare_layers, default_n_layers, forward_ops
 from .report import _call, _fail, _passed
 
 
@@ -79,7 +79,7 @@ def test_discriminator(Discriminator: type, conv_dim: int = 32, image_size: int 
     check_no_pooling(D)
     x = torch.rand(50, 3, image_size, image_size) * 2 - 1
     check_one_logit_per_image(D, x, "Discriminator")
-    n_layers = kwargs.get("n_layers", _default_n_layers(Discriminator))
+    n_layers = kwargs.get("n_layers", default_n_layers(Discriminator))
     if batch_norm:
         compare_layers(forward_ops(D, x[:16]), reference_ops(conv_dim, n_layers, image_size),
                        f"Discriminator({conv_dim})", _rule, WHY,
@@ -102,16 +102,6 @@ def test_discriminator(Discriminator: type, conv_dim: int = 32, image_size: int 
     _note_view_on_channels_last(D, x)
     _passed(f"Discriminator maps (50, 3, {image_size}, {image_size}) to (50, 1) logits, layer by layer as the "
             "notebook's")
-
-
-def _default_n_layers(build) -> int:
-    import inspect
-
-    try:
-        p = inspect.signature(build).parameters.get("n_layers")
-    except (TypeError, ValueError):
-        return 3
-    return p.default if p is not None and isinstance(p.default, int) else 3
 
 
 def check_no_pooling(D: nn.Module) -> None:

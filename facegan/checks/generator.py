@@ -16,7 +16,15 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from .layers import Op, _other_n_layers, _output_with_large_weights, _trace, compare_layers, forward_ops
+from .layers import (
+    Op,
+    _other_n_layers,
+    _output_with_large_weights,
+    _trace,
+    compare_layers,
+    default_n_layers,
+    forward_ops,
+)
 from .report import _call, _fail, _passed
 
 #: Crashes of a generator's forward pass -> what to do about them (before the general CRASH_HINTS).
@@ -120,7 +128,7 @@ def test_generator(Generator: type, z_size: int = 100, conv_dim: int = 32, image
     expected = (50, 3, image_size, image_size)
     check_output_shape(out, expected)
     check_function_of_z(G, z)
-    n_layers = kwargs.get("n_layers", _default_n_layers(Generator))
+    n_layers = kwargs.get("n_layers", default_n_layers(Generator))
     ops = equivalent_ops(forward_ops(G, z[:16]), image_size, n_layers)
     if any(o[0] == "act" and o[1].startswith("tanh x") for o in ops):
         check_tanh_range(G, z)  # a scaled or shifted tanh: the images' range says it best
@@ -131,16 +139,6 @@ def test_generator(Generator: type, z_size: int = 100, conv_dim: int = 32, image
     check_tanh_range(G, z)
     check_other_sizes(Generator, z_size, conv_dim, n_layers, image_size, latent_shape, kwargs)
     _passed(f"Generator maps {tuple(z.shape)} to {expected} in [-1, 1], layer by layer as the notebook's")
-
-
-def _default_n_layers(build) -> int:
-    import inspect
-
-    try:
-        p = inspect.signature(build).parameters.get("n_layers")
-    except (TypeError, ValueError):
-        return 3
-    return p.default if p is not None and isinstance(p.default, int) else 3
 
 
 def check_last_layer(ops: list[Op], conv_dim: int, who: str) -> None:

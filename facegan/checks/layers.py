@@ -56,6 +56,15 @@ def _trace(model: nn.Module, x: torch.Tensor) -> list[tuple[nn.Module, torch.Ten
     return [c for c in calls if not isinstance(c[0], _PASSIVE)]
 
 
+def default_n_layers(build) -> int:
+    """The n_layers a model class builds when none is given: its signature's default, else the notebook's 3."""
+    try:
+        p = inspect.signature(build).parameters.get("n_layers")
+    except (TypeError, ValueError):
+        return 3
+    return p.default if p is not None and isinstance(p.default, int) else 3
+
+
 def _in_width(m: nn.Module) -> int:
     return m.in_features if isinstance(m, nn.Linear) else m.in_channels
 
